@@ -1,0 +1,97 @@
+"""The shared student interface.
+
+Every student (GRU4Rec, Caser, SASRec, ...) maps a batch of right-padded histories to a state vector and scores
+items with an output layer that is *not* tied to the input embeddings (as in the official DLLM2Rec/DROS code):
+
+    e   = embed_items(seq)            # [B, L, d]  ID embedding b_i (+ optional offset hook, e.g. w·g(z_i))
+    h   = encode(seq, lens)           # [B, H]
+    ŷ   = score_all(h)                # [B, N]     h @ W^T + bias (W optionally + output offset hook)
+    ŷ_j = score_items(h, items)       # [B, ...]   the same scores for selected items only (no [B, N] matrix)
+
+Hooks: ``input_offset`` (module: ids [...] -> [..., d], zero at PAD) and ``output_offset`` (module: () -> [N, H]).
+Collaborative embedding distillation plugs in through them; nothing here knows the teacher's dimension.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class SequentialStudent(nn.Module, ABC):
+    registry_name: str = "?"
+    paper: str = ""
+
+    def __init__(self, n_items: int, max_len: int = 10, dim: int = 64, dropout: float = 0.1, **kwargs: Any):
+        super().__init__()
+        if kwargs:
+            raise TypeError(f"{type(self).__name__}: unknown options {sorted(kwargs)}")
+        self.n_items = int(n_items)
+        self.max_len = int(max_len)
+        self.dim = int(dim)
+        self.dropout_p = float(dropout)
+        self.item_emb = nn.Embedding(self.n_items + 1, self.dim)  # row N is PAD
+        nn.init.normal_(self.item_emb.weight, 0.0, 0.01)
+        self.input_offset: nn.Module | None = None
+        self.output_offset: nn.Module | None = None
+        self._init_kwargs: dict[str, Any] = {"max_len": max_len, "dim": dim, "dropout": dropout}
+
+    # ----------------------------------------------------------------- to implement
+    @property
+    @abstractmethod
+    def hidden_dim(self) -> int:
+        """Size of the state returned by encode (the output layer's input size)."""
+
+    @abstractmethod
+    def encode(self, seq: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
+        """[B, L] item ids (right-padded with N), [B] lengths -> [B, hidden_dim] state."""
+
+    # ----------------------------------------------------------------- shared
+    def _make_output(self) -> None:
+        self.out = nn.Linear(self.hidden_dim, self.n_items)
+
+    def embed_items(self, seq: torch.Tensor) -> torch.Tensor:
+        e = self.item_emb(seq)
+        if self.input_offset is not None:
+            e = e + self.input_offset(seq)
+        return e
+
+    def output_weight(self) -> torch.Tensor:
+        w = self.out.weight
+        if self.output_offset is not None:
+            w = w + self.output_offset()
+        return w
+
+    def score_all(self, state: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.linear(state, self.output_weight(), self.out.bias)
+
+    def score_items(self, state: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """Scores of ``items`` ([B] or [B, k]) without materialising [B, N]."""
+        squeeze = items.dim() == 1
+        if squeeze:
+            items = items[:, None]
+        if self.output_offset is None:
+            w = self.out.weight[items]  # [B, k, H]
+        else:
+            w = self.output_weight()[items]
+        s = torch.einsum("bh,bkh->bk", state, w) + self.out.bias[items]
+        return s[:, 0] if squeeze else s
+
+    def forward(self, seq: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
+        return self.score_all(self.encode(seq, lens))
+
+    def pad_mask(self, seq: torch.Tensor) -> torch.Tensor:
+        """[B, L, 1] float mask, 1 at real items."""
+        return (seq != self.n_items).unsqueeze(-1).to(self.item_emb.weight.dtype)
+
+    def init_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments that rebuild this architecture (saved in checkpoints and bundles)."""
+        return {"name": self.registry_name, "n_items": self.n_items, **self._init_kwargs}
+
+
+def build_student(name: str, n_items: int, **kwargs: Any) -> SequentialStudent:
+    from dllm2rec.registry import get_student
+
+    return get_student(name)(n_items=n_items, **kwargs)
