@@ -114,7 +114,8 @@ class TeacherArtifacts:
         self.validate(dataset, str(path))
         tensors = {
             "item_emb": np.ascontiguousarray(self.item_emb),
-            "topk_ids": np.ascontiguousarray(self.topk_ids, dtype=np.int64),
+            # ids are stored as int32 on disk (half the size of shipped artifacts); loaded back as int64
+            "topk_ids": np.ascontiguousarray(self.topk_ids, dtype=np.int32 if self.n_items < 2**31 - 1 else np.int64),
             "topk_dist": np.ascontiguousarray(self.topk_dist, dtype=np.float32),
             "covered": np.ascontiguousarray(self.covered.astype(np.uint8)),
         }
@@ -151,7 +152,7 @@ class TeacherArtifacts:
         for k in ("item_emb", "topk_ids", "topk_dist", "covered"):
             if k not in t:
                 raise ArtifactError(f"{tpath}: missing tensor '{k}'")
-        art = cls(t["item_emb"], t["topk_ids"], t["topk_dist"], t["covered"].astype(bool), t.get("target_dist"),
+        art = cls(t["item_emb"], t["topk_ids"].astype(np.int64), t["topk_dist"], t["covered"].astype(bool), t.get("target_dist"),
                   manifest)
         return art.validate(dataset, str(path))
 
