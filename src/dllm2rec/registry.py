@@ -18,7 +18,7 @@ TEACHERS: dict[str, type] = {}
 
 _BUILTIN = {
     "student": ["dllm2rec.students.sasrec", "dllm2rec.students.gru4rec", "dllm2rec.students.caser"],
-    "strategy": ["dllm2rec.distill.strategies"],
+    "strategy": ["dllm2rec.distill.base", "dllm2rec.distill.strategies"],
     "teacher": ["dllm2rec.teachers.registry_entries"],
 }
 _TABLES = {"student": STUDENTS, "strategy": STRATEGIES, "teacher": TEACHERS}

@@ -1,0 +1,66 @@
+"""The distillation strategy interface. A strategy sees each training step through a ``StepContext`` and returns
+named loss terms; the trainer adds them to the student's own loss and logs each term.
+
+    strategy = get_strategy(name)(params, dataset, teacher)   # teacher: TeacherArtifacts | None
+    strategy.attach(model)            # before the optimiser exists: install hooks / extra modules
+    terms = strategy.loss(ctx)        # every step: {"rd": tensor, ...}
+
+``no-kd`` ("none") is the plain student.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from dllm2rec.registry import register_strategy
+
+
+@dataclass
+class StepContext:
+    model: Any
+    state: torch.Tensor          # [B, H] student state (train mode)
+    seq: torch.Tensor            # [B, L]
+    lens: torch.Tensor           # [B]
+    target: torch.Tensor         # [B]
+    row_id: torch.Tensor         # [B] training row ids (index teacher artifacts)
+    neg: torch.Tensor            # [B, n_neg] sampled negatives (outside history and target)
+    epoch: int = 0
+    step: int = 0
+    _full: torch.Tensor | None = field(default=None, repr=False)
+
+    @property
+    def full_scores(self) -> torch.Tensor:
+        """[B, N] scores of all items, computed once per step on first use."""
+        if self._full is None:
+            self._full = self.model.score_all(self.state)
+        return self._full
+
+
+class Strategy:
+    """Base class; also the no-KD baseline."""
+
+    registry_name = "none"
+    needs_teacher = False
+
+    def __init__(self, params: dict[str, Any] | None = None, dataset=None, teacher=None):
+        self.params = dict(params or {})
+        self.dataset = dataset
+        self.teacher = teacher
+
+    def attach(self, model) -> None:
+        """Install hooks / submodules on the student (called once, before the optimiser is built)."""
+
+    def extra_parameters(self) -> list[torch.nn.Parameter]:
+        """Trainable parameters that live outside the student (rare; hooks are submodules of the student)."""
+        return []
+
+    def loss(self, ctx: StepContext) -> dict[str, torch.Tensor]:
+        return {}
+
+    def describe(self) -> dict[str, Any]:
+        return {"strategy": self.registry_name, **self.params}
+
+
+register_strategy("none")(Strategy)

@@ -1,0 +1,89 @@
+"""``dllm2rec train`` and ``dllm2rec evaluate``."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def _print_table(rows: list[tuple[str, dict]], keys: list[str]) -> None:
+    w = max(len(r[0]) for r in rows)
+    typer.echo(f"{'':{w}}  " + "  ".join(f"{k:>14}" for k in keys))
+    for name, m in rows:
+        typer.echo(f"{name:{w}}  " + "  ".join(f"{m.get(k, float('nan')):>14.4f}" for k in keys))
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def train(
+        config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (see configs/)"),
+        override: list[str] = typer.Option([], "--set", "-o", help="dotted override, e.g. -o train.epochs=5"),
+        data: Optional[str] = typer.Option(None, "--data", help="prepared dataset dir or preset (ml-100k, lastfm)"),
+        model: Optional[str] = typer.Option(None, "--model", help="student: sasrec | gru4rec | caser"),
+        seed: Optional[int] = typer.Option(None, "--seed"),
+        run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="default: <out_dir>/<run name>"),
+        resume: bool = typer.Option(False, "--resume", help="continue a killed run from its last checkpoint"),
+    ) -> None:
+        """Train a student (optionally distilled) with validation-only model selection; print test metrics."""
+        from dllm2rec.config import load_config
+        from dllm2rec.training.trainer import Trainer, resolve_dataset
+
+        ov = list(override)
+        if data:
+            ov.append(f"data.path={data}")
+        if model:
+            ov.append(f"model.name={model}")
+        if seed is not None:
+            ov.append(f"train.seed={seed}")
+        cfg = load_config(config, ov)
+        ds = resolve_dataset(cfg.data.path)
+        tr = Trainer(cfg, ds, run_dir)
+        typer.echo(f"run dir: {tr.run_dir}  dataset {ds.name} ({ds.n_items} items, "
+                   f"{len(ds['train'])}/{len(ds['valid'])}/{len(ds['test'])} rows)  "
+                   f"student {cfg.model.name}  strategy {cfg.distill.strategy}")
+        res = tr.fit(resume=resume)
+        proto = tr.proto
+        keys = [f"{m}@{k}" for k in cfg.train.ks for m in ("HR", "NDCG")]
+        typer.echo(f"\nselected epoch {res['best_epoch']} by valid {cfg.train.select_metric} "
+                   f"(protocol: {proto}, full ranking over {ds.n_items} items)")
+        _print_table([("valid", {k: res["valid"].get(f"valid/{proto}/{k}") for k in keys}),
+                      ("test", {k: res["test"].get(f"test/{proto}/{k}") for k in keys})], keys)
+        typer.echo(f"results: {tr.run_dir / 'results.json'}")
+
+    @app.command()
+    def evaluate(
+        checkpoint: Path = typer.Argument(..., help="run dir (uses best/) or checkpoint dir"),
+        data: Optional[str] = typer.Option(None, "--data", help="dataset (default: the run's)"),
+        split: str = typer.Option("test", "--split"),
+        ks: str = typer.Option("1,5,10,20", "--ks"),
+        exclude_history: bool = typer.Option(False, "--exclude-history"),
+        batch: int = typer.Option(1024, "--batch"),
+        as_json: bool = typer.Option(False, "--json"),
+    ) -> None:
+        """Full-ranking HR/NDCG@K of a saved student on a split."""
+        from dllm2rec.errors import Dllm2recError
+        from dllm2rec.evaluation.protocol import evaluate as run_eval
+        from dllm2rec.training.checkpoint import load_student
+        from dllm2rec.training.trainer import resolve_dataset
+
+        ck = checkpoint / "best" if (checkpoint / "best" / "student.json").is_file() else checkpoint
+        model, info = load_student(ck)
+        ds_path = data or info["meta"].get("config", {}).get("data", {}).get("path")
+        if not ds_path:
+            raise Dllm2recError(f"{ck}: no dataset recorded; pass --data")
+        ds = resolve_dataset(ds_path)
+        fp = info["meta"].get("dataset_fingerprint")
+        if fp and fp != ds.fingerprint():
+            raise Dllm2recError(f"{ck}: trained on dataset {fp}, but {ds_path} is {ds.fingerprint()}")
+        kk = [int(x) for x in ks.split(",")]
+        m = run_eval(model, ds[split], kk, batch, exclude_history)
+        if as_json:
+            typer.echo(json.dumps(m, indent=2))
+        else:
+            keys = sorted({k.split("/", 1)[1] for k in m}, key=lambda s: (int(s.split("@")[1]), s))
+            proto = next(iter(m)).split("/")[0]
+            typer.echo(f"{ds.name} {split}: protocol {proto}, full ranking over {ds.n_items} items, "
+                       f"{len(ds[split])} rows")
+            _print_table([(split, {k: m[f"{proto}/{k}"] for k in keys})], keys)

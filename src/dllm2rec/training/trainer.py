@@ -1,0 +1,310 @@
+"""One training loop for every student and every distillation strategy.
+
+- An epoch is one full shuffled pass over the training rows (the official code samples batches with replacement).
+- Batches are sliced from tensors built once; no pandas in the hot loop; negatives are sampled vectorised.
+- After every ``eval_every`` epochs the student is ranked on VALIDATION only; the best epoch by validation
+  ``select_metric`` is kept (``best/``), training stops after ``patience`` evaluations without improvement, and
+  the test split is evaluated exactly once, with the selected checkpoint.
+- ``last/`` holds model + optimiser + RNG + early-stopping state after every epoch: ``resume=True`` continues a
+  killed run and reproduces the uninterrupted run exactly (same seeds, same order).
+- ``log.jsonl`` has one line per epoch; ``results.json`` names dataset hash, split hashes, protocol, config, seed.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dllm2rec.config import RunConfig
+from dllm2rec.data.schema import SeqDataset
+from dllm2rec.distill.base import StepContext, Strategy
+from dllm2rec.errors import Dllm2recError
+from dllm2rec.evaluation.protocol import evaluate, protocol_name
+from dllm2rec.registry import get_strategy
+from dllm2rec.students.base import SequentialStudent, build_student
+from dllm2rec.training import losses
+from dllm2rec.training.checkpoint import load_student, save_student
+from dllm2rec.utils.io import atomic_path, atomic_write_text
+from dllm2rec.utils.progress import progress
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def load_teacher(cfg: RunConfig, dataset: SeqDataset):
+    """TeacherArtifacts for cfg.distill.teacher (a directory, or the controls 'random' / 'synthetic')."""
+    spec = cfg.distill.teacher
+    if spec is None:
+        return None
+    if spec in ("random", "synthetic") or spec.startswith(("random:", "synthetic:")):
+        from dllm2rec.teachers import controls
+
+        return controls.make_control(spec, dataset, seed=cfg.train.seed)
+    from dllm2rec.teachers.artifacts import TeacherArtifacts
+
+    return TeacherArtifacts.load(spec, dataset)
+
+
+class Trainer:
+    def __init__(self, cfg: RunConfig, dataset: SeqDataset, run_dir: str | Path | None = None,
+                 teacher=None, strategy: Strategy | None = None, quiet: bool | None = None):
+        self.cfg = cfg
+        self.ds = dataset
+        self.run_dir = Path(run_dir or Path(cfg.out_dir) / cfg.run_name())
+        self.device = torch.device(cfg.train.device)
+        if cfg.train.num_threads:
+            torch.set_num_threads(cfg.train.num_threads)
+        set_seed(cfg.train.seed)
+        self.model: SequentialStudent = build_student(cfg.model.name, dataset.n_items,
+                                                      **cfg.model.kwargs(dataset.max_len))
+        if strategy is None:
+            strat_cls = get_strategy(cfg.distill.strategy)
+            if teacher is None and getattr(strat_cls, "needs_teacher", False):
+                teacher = load_teacher(cfg, dataset)
+                if teacher is None:
+                    raise Dllm2recError(f"strategy '{cfg.distill.strategy}' needs distill.teacher "
+                                        "(a teacher-artifacts directory, or 'random' for the control)")
+            strategy = strat_cls(cfg.distill.params, dataset, teacher)
+        self.strategy = strategy
+        self.strategy.attach(self.model)
+        self.model.to(self.device)
+        params = list(self.model.parameters()) + list(self.strategy.extra_parameters())
+        opt_cls = torch.optim.AdamW if cfg.optim.name == "adamw" else torch.optim.Adam
+        self.optimizer = opt_cls(params, lr=cfg.optim.lr, eps=cfg.optim.eps, weight_decay=cfg.optim.weight_decay)
+        tr = dataset["train"]
+        self.train_seq = torch.tensor(tr.seq, device=self.device)
+        self.train_len = torch.tensor(tr.len, device=self.device)
+        self.train_tgt = torch.tensor(tr.target, device=self.device)
+        self.train_row = torch.tensor(tr.row_id, device=self.device)
+        self.ps = None
+        if cfg.loss.dros_alpha:
+            counts = torch.from_numpy(dataset.item_counts("train"))
+            self.ps = losses.dros_propensity(counts, cfg.loss.dros_power).to(self.device)
+        self.gen = torch.Generator(device="cpu").manual_seed(cfg.train.seed)
+        self.epoch = 0
+        self.best_metric = -math.inf
+        self.best_epoch = -1
+        self.bad_evals = 0
+        self.history: list[dict[str, Any]] = []
+        self.quiet = quiet
+        self.proto = protocol_name(cfg.train.exclude_history)
+        self.select_key = f"valid/{self.proto}/{cfg.train.select_metric}"
+
+    # ------------------------------------------------------------------ one step
+    def step_loss(self, idx: torch.Tensor, epoch: int, step: int) -> dict[str, torch.Tensor]:
+        cfg = self.cfg
+        seq, lens, tgt = self.train_seq[idx], self.train_len[idx], self.train_tgt[idx]
+        neg = losses.sample_negatives(seq, tgt, self.ds.n_items, cfg.loss.n_neg, self.gen).to(self.device)
+        state = self.model.encode(seq, lens)
+        ctx = StepContext(self.model, state, seq, lens, tgt, self.train_row[idx], neg, epoch, step)
+        terms: dict[str, torch.Tensor] = {}
+        if cfg.loss.kind == "bce":
+            pos_s = self.model.score_items(state, tgt)
+            neg_s = self.model.score_items(state, neg)
+            terms["bce"] = losses.bce_loss(pos_s, neg_s)
+        else:
+            terms["ce"] = losses.ce_loss(ctx.full_scores, tgt)
+        if self.ps is not None:
+            terms["dros"] = cfg.loss.dros_alpha * losses.dros_term(ctx.full_scores, tgt, self.ps,
+                                                                   cfg.loss.dros_beta).mean()
+        for k, v in self.strategy.loss(ctx).items():
+            terms[k] = v
+        return terms
+
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        self.model.train()
+        n = len(self.train_tgt)
+        bs = self.cfg.train.batch_size
+        perm = torch.randperm(n, generator=self.gen).to(self.device)
+        sums: dict[str, float] = {}
+        steps = 0
+        t0 = time.perf_counter()
+        bar = progress(range(0, n, bs), desc=f"epoch {epoch}", unit="batch",
+                       disable=self.quiet if self.quiet is not None else None)
+        for step, s in enumerate(bar):
+            idx = perm[s:s + bs]
+            terms = self.step_loss(idx, epoch, step)
+            loss = sum(terms.values())
+            if not torch.isfinite(loss):
+                raise Dllm2recError(f"non-finite loss at epoch {epoch} step {step}: "
+                                    + ", ".join(f"{k}={float(v):.4g}" for k, v in terms.items()))
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach())
+            sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
+            steps += 1
+        dt = time.perf_counter() - t0
+        out = {f"train/{k}": v / max(steps, 1) for k, v in sums.items()}
+        out["train/seconds"] = dt
+        out["train/samples_per_s"] = n / dt if dt > 0 else float("nan")
+        return out
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate_split(self, split: str, model: SequentialStudent | None = None) -> dict[str, float]:
+        m = evaluate(model or self.model, self.ds[split], self.cfg.train.ks, self.cfg.train.eval_batch,
+                     self.cfg.train.exclude_history, str(self.device))
+        return {f"{split}/{k}": v for k, v in m.items()}
+
+    # ------------------------------------------------------------------ checkpoints
+    def _meta(self, metrics: dict[str, float] | None = None) -> dict[str, Any]:
+        return {
+            "dataset": self.ds.name,
+            "dataset_fingerprint": self.ds.fingerprint(),
+            "epoch": self.epoch,
+            "metrics": metrics or {},
+            "strategy": self.strategy.describe(),
+            "config": self.cfg.model_dump(),
+        }
+
+    def save_last(self) -> None:
+        save_student(self.model, self.run_dir / "last", self._meta())
+        state = {
+            "epoch": self.epoch,
+            "best_metric": self.best_metric,
+            "best_epoch": self.best_epoch,
+            "bad_evals": self.bad_evals,
+            "optimizer": self.optimizer.state_dict(),
+            "gen": self.gen.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "np_rng": np.random.get_state()[1].copy(),
+            "history_len": len(self.history),
+        }
+        with atomic_path(self.run_dir / "last" / "trainer_state.pt") as tmp:
+            torch.save(state, tmp)
+
+    def try_resume(self) -> bool:
+        last = self.run_dir / "last"
+        if not (last / "trainer_state.pt").is_file():
+            return False
+        model, _ = load_student(last, map_location=str(self.device))
+        self.model.load_state_dict(model.state_dict())
+        st = torch.load(last / "trainer_state.pt", weights_only=True)
+        self.optimizer.load_state_dict(st["optimizer"])
+        self.gen.set_state(st["gen"])
+        torch.set_rng_state(st["torch_rng"])
+        self.epoch = int(st["epoch"])
+        self.best_metric = float(st["best_metric"])
+        self.best_epoch = int(st["best_epoch"])
+        self.bad_evals = int(st["bad_evals"])
+        log = self.run_dir / "log.jsonl"
+        if log.is_file():
+            lines = log.read_text().splitlines()[: int(st["history_len"])]
+            self.history = [json.loads(x) for x in lines]
+            atomic_write_text(log, "".join(x + "\n" for x in lines))
+        return True
+
+    # ------------------------------------------------------------------ main loop
+    def fit(self, resume: bool = False, max_epochs_this_call: int | None = None) -> dict[str, Any]:
+        """Train with validation-only early stopping, then test the selected checkpoint once."""
+        cfg = self.cfg.train
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if resume and self.try_resume():
+            pass
+        elif (self.run_dir / "results.json").exists() or (self.run_dir / "log.jsonl").exists():
+            if not resume:
+                for f in ("log.jsonl", "results.json"):
+                    (self.run_dir / f).unlink(missing_ok=True)
+        atomic_write_text(self.run_dir / "config.yaml", self.cfg.to_yaml())
+        done_now = 0
+        stopped = False
+        while self.epoch < cfg.epochs:
+            if self.bad_evals >= cfg.patience and self.epoch >= cfg.min_epochs:
+                stopped = True
+                break
+            if max_epochs_this_call is not None and done_now >= max_epochs_this_call:
+                break
+            epoch = self.epoch + 1
+            rec: dict[str, Any] = {"epoch": epoch}
+            rec.update(self.train_epoch(epoch))
+            if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
+                rec.update(self.evaluate_split("valid"))
+                cur = rec[self.select_key]
+                if cur > self.best_metric:
+                    self.best_metric, self.best_epoch, self.bad_evals = cur, epoch, 0
+                    self.epoch = epoch
+                    save_student(self.model, self.run_dir / "best",
+                                 self._meta({k: v for k, v in rec.items() if k.startswith("valid/")}))
+                else:
+                    self.bad_evals += 1
+            self.epoch = epoch
+            self.history.append(rec)
+            with open(self.run_dir / "log.jsonl", "a", encoding="utf-8") as f:
+                f.write(json.dumps(rec) + "\n")
+            self.save_last()
+            done_now += 1
+            if not self.quiet and os.environ.get("DLLM2REC_LOG_EPOCHS", "1") != "0":
+                sel = rec.get(self.select_key)
+                print(f"epoch {epoch:3d}  loss {rec['train/loss']:.4f}  "
+                      f"{rec['train/samples_per_s']:.0f} samples/s"
+                      + (f"  {self.select_key} {sel:.4f}" if sel is not None else "")
+                      + ("  *" if self.best_epoch == epoch else ""), flush=True)
+        else:
+            stopped = True
+        if self.bad_evals >= cfg.patience:
+            stopped = True
+        if not stopped:
+            return {"status": "paused", "epoch": self.epoch}
+        return self.finish()
+
+    def finish(self) -> dict[str, Any]:
+        if self.best_epoch < 0:
+            raise Dllm2recError(f"{self.run_dir}: no evaluated epoch; nothing to select")
+        best, info = load_student(self.run_dir / "best", map_location=str(self.device))
+        valid = {k: v for k, v in info["meta"]["metrics"].items()}
+        test = self.evaluate_split("test", best)
+        secs = [h["train/seconds"] for h in self.history if "train/seconds" in h]
+        results = {
+            "dataset": self.ds.name,
+            "dataset_fingerprint": self.ds.fingerprint(),
+            "split_hashes": {s: self.ds.split_hash(s) for s in self.ds.splits},
+            "protocol": {
+                "ranking": f"full ranking over all {self.ds.n_items} items",
+                "exclude_history": self.cfg.train.exclude_history,
+                "ties": "pessimistic (equal scores rank above the target)",
+                "selection": f"best epoch by {self.select_key}; test evaluated once at that epoch",
+                "metrics": [f"{m}@{k}" for k in self.cfg.train.ks for m in ("HR", "NDCG")],
+            },
+            "student": self.cfg.model.name,
+            "strategy": self.strategy.describe(),
+            "seed": self.cfg.train.seed,
+            "best_epoch": self.best_epoch,
+            "epochs_run": self.epoch,
+            "seconds_per_epoch": float(np.mean(secs)) if secs else None,
+            "valid": valid,
+            "test": test,
+            "config": self.cfg.model_dump(),
+        }
+        atomic_write_text(self.run_dir / "results.json", json.dumps(results, indent=2))
+        return results
+
+
+def run_training(cfg: RunConfig, dataset: SeqDataset | None = None, resume: bool = False,
+                 run_dir: str | Path | None = None, quiet: bool | None = None) -> dict[str, Any]:
+    if dataset is None:
+        dataset = resolve_dataset(cfg.data.path)
+    tr = Trainer(cfg, dataset, run_dir, quiet=quiet)
+    return tr.fit(resume=resume)
+
+
+def resolve_dataset(path_or_name: str) -> SeqDataset:
+    """A prepared dataset directory, or a preset name prepared on first use (data layer)."""
+    p = Path(path_or_name)
+    if (p / "manifest.json").is_file():
+        return SeqDataset.load(p)
+    try:
+        from dllm2rec.data.cli import load_or_prepare
+    except ImportError:
+        return SeqDataset.load(p)
+    return load_or_prepare(path_or_name)
