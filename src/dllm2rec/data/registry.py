@@ -1,0 +1,144 @@
+"""Named dataset presets and the entry points other code calls: :func:`prepare`, :func:`load_or_prepare`,
+:func:`import_dataset`.
+
+Presets (default source is tried in order; ``--source`` overrides):
+
+* ``ml-100k`` — MovieLens 100K through the BIGRec recipe. Sources: ``../shared/data/movielens-100k`` (raw
+  ``u.data``/``u.item``) relative to the working directory, else the copy shipped in the ``recbole`` wheel
+  (``recbole/dataset_example/ml-100k``; found with ``importlib.util.find_spec`` without importing recbole).
+* ``lastfm`` — LastFM (LLaRA) in the official layout, ``../shared/data/lastfm-llara``. Its splits are pandas
+  pickles: naming this trusted preset counts as the explicit request, so ``prepare`` passes
+  ``allow_pickle=True`` (a ``--source`` pointing elsewhere is treated the same; the user chose the preset).
+* ``toys`` — Amazon Toys P5 ``sequential.txt`` (no timestamps → leave-one-out), ``../shared/data/amazon-toys-p5``.
+
+Prepared datasets live in ``prepared/<name>`` (relative to the working directory) unless ``out`` is given.
+"""
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+from dllm2rec.data.schema import SeqDataset
+from dllm2rec.errors import DataError
+
+PREPARED_ROOT = Path("prepared")
+DEFAULT_MAX_LEN = 10
+FORMATS = ("movielens", "recbole", "official", "amazon", "p5")
+
+
+def _recbole_ml100k() -> Path | None:
+    spec = importlib.util.find_spec("recbole")  # locates the package without importing it (it is heavy)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for loc in spec.submodule_search_locations:
+        p = Path(loc) / "dataset_example" / "ml-100k"
+        if (p / "ml-100k.inter").is_file():
+            return p
+    return None
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    format: str
+    candidates: Callable[[], list[Path | None]]
+    hint: str
+    allow_pickle: bool = False
+
+
+PRESETS: dict[str, Preset] = {
+    "ml-100k": Preset("ml-100k", "auto", lambda: [Path("../shared/data/movielens-100k"), _recbole_ml100k()],
+                      "pass --source DIR (u.data + u.item, or RecBole ml-100k.inter/.item) or "
+                      "`pip install recbole==1.2.1 --no-deps` (its wheel ships ML-100K)"),
+    "lastfm": Preset("lastfm", "official", lambda: [Path("../shared/data/lastfm-llara")],
+                     "pass --source DIR with train_data.df, Val_data.df, Test_data.df, id2name.txt",
+                     allow_pickle=True),
+    "toys": Preset("toys", "p5", lambda: [Path("../shared/data/amazon-toys-p5")],
+                   "pass --source DIR with sequential.txt (+ datamaps.json)"),
+}
+
+
+def detect_format(source: Path) -> str:
+    """Guess the format of a raw source directory (used by the ``ml-100k`` preset and ``import auto``)."""
+    if (source / "u.data").is_file():
+        return "movielens"
+    if source.suffix == ".inter" or (source.is_dir() and any(source.glob("*.inter"))):
+        return "recbole"
+    if (source / "sequential.txt").is_file():
+        return "p5"
+    if any((source / n).is_file() for n in ("train_data.df", "val_data.csv", "Val_data.df")):
+        return "official"
+    if source.is_dir() and any(source.glob("meta_*.json*")):
+        return "amazon"
+    raise DataError(f"{source}: cannot tell the format (no u.data, *.inter, sequential.txt, official files "
+                    f"or meta_*.json.gz)")
+
+
+def import_dataset(fmt: str, source: str | Path, name: str | None = None, max_len: int = DEFAULT_MAX_LEN,
+                   allow_pickle: bool = False, splits: Sequence[str] | None = None) -> SeqDataset:
+    """Build (not save) a canonical dataset from ``source`` in format ``fmt`` (see :data:`FORMATS`)."""
+    from dllm2rec.data import importers, official, recipes
+
+    src = Path(source)
+    if not src.exists():
+        raise DataError(f"{src}: missing (source directory or file not found)")
+    if fmt == "auto":
+        fmt = detect_format(src)
+    name = name or (src.stem if src.is_file() else src.name)
+    if fmt == "official":
+        return official.import_official(src, name, allow_pickle=allow_pickle,
+                                        splits=tuple(splits) if splits else ("train", "valid", "test"),
+                                        max_len=max_len)
+    if splits and set(splits) != {"train", "valid", "test"}:
+        raise DataError(f"{src}: --splits only applies to the official format")
+    if fmt not in importers.READERS:
+        raise DataError(f"{src}: unknown format '{fmt}' (choose from {', '.join(FORMATS)})")
+    log = importers.READERS[fmt](src)
+    if fmt == "p5" or log.times is None:
+        return recipes.leave_one_out_dataset(log, name, max_len)
+    return recipes.bigrec_dataset(log, name, max_len)
+
+
+def resolve_source(name: str, source: str | Path | None = None) -> Path:
+    preset = PRESETS[name]
+    if source is not None:
+        return Path(source)
+    for cand in preset.candidates():
+        if cand is not None and cand.exists():
+            return cand
+    tried = ", ".join(str(c) for c in preset.candidates() if c is not None)
+    raise DataError(f"{tried or name}: no source for preset '{name}' found; {preset.hint}")
+
+
+def prepare(name: str, source: str | Path | None = None, out: str | Path | None = None,
+            max_len: int = DEFAULT_MAX_LEN) -> SeqDataset:
+    """Build preset ``name`` from its source and save it (atomically) to ``out`` (default ``prepared/<name>``)."""
+    if name not in PRESETS:
+        raise DataError(f"{name}: unknown dataset preset (choose from {', '.join(PRESETS)}; "
+                        f"or use `dllm2rec data import FORMAT SOURCE`)")
+    preset = PRESETS[name]
+    src = resolve_source(name, source)
+    ds = import_dataset(preset.format, src, name=name, max_len=max_len, allow_pickle=preset.allow_pickle)
+    ds.meta["preset"] = name
+    ds.save(Path(out) if out is not None else PREPARED_ROOT / name)
+    return ds
+
+
+def load_or_prepare(name_or_path: str | Path, max_len: int = DEFAULT_MAX_LEN) -> SeqDataset:
+    """A prepared directory → load it; a preset name → load ``prepared/<name>`` or prepare it first."""
+    p = Path(name_or_path)
+    if (p / "manifest.json").is_file():
+        return SeqDataset.load(p)
+    name = str(name_or_path)
+    if name in PRESETS:
+        cached = PREPARED_ROOT / name
+        if (cached / "manifest.json").is_file():
+            ds = SeqDataset.load(cached)
+            if ds.max_len == max_len:
+                return ds
+        return prepare(name, max_len=max_len)
+    if p.exists():
+        raise DataError(f"{p / 'manifest.json'}: missing (not a prepared dataset; run `dllm2rec data import`)")
+    raise DataError(f"{name}: neither a prepared dataset directory nor a preset ({', '.join(PRESETS)})")
