@@ -1,8 +1,9 @@
 """Split recipes that turn an interaction log into the canonical :class:`SeqDataset`.
 
-* :func:`bigrec_dataset` — BIGRec's ``process.ipynb`` recipe (spec §3.2): per-user time sort, one next-item
-  window per position ``i in range(min(L, n-1), n)`` with history ``items[max(i-L, 0):i]``, then a global
-  stable sort of all windows by target timestamp and an 80/10/10 cut (``int(0.8R)``, ``int(0.9R)``).
+* :func:`bigrec_dataset` — BIGRec's ``process.ipynb`` recipe (spec §3.2): per-user time sort (stable: ties keep
+  the file order), one next-item window per position ``i in range(min(L, n-1), n)`` with history
+  ``items[max(i-L, 0):i]``, then a global stable sort of all windows by target timestamp (ties: user id, then
+  position) and an 80/10/10 cut at ``int(0.8R)`` and ``int(0.9R)``. row_id = position within the split.
 * :func:`leave_one_out_dataset` — for logs without timestamps (Amazon Toys P5): per user the last item is the
   test target, the second last the valid target, and every earlier position (i ≥ 1) a training window.
 
@@ -94,8 +95,9 @@ def bigrec_windows(log: InteractionLog, max_len: int = 10) -> dict[str, np.ndarr
     order, gstart, gsize = _user_order(log)
     items = log.items[order]
     pos_in_user = np.arange(len(order)) - gstart
-    # window ends at every position i >= min(L, n-1); users with a single interaction give none
-    keep = (pos_in_user >= np.minimum(max_len, gsize - 1)) & (gsize >= 2)
+    # a window ends at every position i >= min(L, n-1), literally as BIGRec: a user with a single interaction
+    # gives one window with an empty history (5-core sources have none; the official LastFM files have such rows)
+    keep = pos_in_user >= np.minimum(max_len, gsize - 1)
     ends = np.flatnonzero(keep)
     begins = np.maximum(ends - max_len, gstart[ends])
     seq, lens = _windows(items, ends, begins, log.n_items, max_len)
