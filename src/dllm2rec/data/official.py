@@ -84,7 +84,7 @@ def _int_column(df, col: str, path: Path) -> np.ndarray:
     bad = ~np.isfinite(vals) | (vals != np.round(vals))
     if bad.any():
         r = int(np.argmax(bad))
-        raise DataError(f"{path}: row {r} field '{col}' is not an integer: {df[col].iloc[r]!r}")
+        raise DataError(f"{path}: row {r} field '{col}' is not an integer: {str(df[col].iloc[r])!r}")
     return vals.astype(np.int64)
 
 
