@@ -139,3 +139,9 @@ def test_real_toys_leave_one_out():
     assert len(ds["valid"]) == len(ds["test"]) == 19_412
     assert len(ds["train"]) == 167_597 - 3 * 19_412
     assert np.char.startswith(np.array(ds.titles[:3]), "B").all() or all(len(t) == 10 for t in ds.titles[:3])
+
+
+def test_auto_detects_formats(tmp_path):
+    assert import_dataset("auto", FIX, max_len=3).meta["source_format"] == "movielens"
+    assert import_dataset("auto", _write_recbole(tmp_path / "rb"), max_len=3).meta["source_format"] == "recbole"
+    assert import_dataset("auto", write_amazon(tmp_path / "amz"), max_len=2).meta["source_format"] == "amazon"
