@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dllm2rec.data.importers import read_amazon, read_movielens, read_p5, read_recbole
+from dllm2rec.data.importers import read_amazon, read_movielens
 from dllm2rec.data.recipes import bigrec_dataset
 from dllm2rec.data.registry import import_dataset
 from dllm2rec.data.schema import SeqDataset

@@ -62,7 +62,7 @@ def _parse_int_table(path: Path, text: str, sep: str | None, ncols: int, what: s
     return np.asarray(rows, dtype=np.int64)
 
 
-def _titles_for(vocab: list, title_of: dict[str, str], path: Path | None, placeholder: str = "item {}") -> list[str]:
+def _titles_for(vocab: list, title_of: dict[str, str], placeholder: str = "item {}") -> list[str]:
     """Titles in dense-id order; raw ids without a title get a placeholder (counted in meta by the caller)."""
     return [title_of.get(str(raw), placeholder.format(raw)) for raw in vocab]
 
@@ -71,7 +71,7 @@ def _log(users_raw: np.ndarray, items_raw: np.ndarray, times: np.ndarray | None,
          source: Path, fmt: str, placeholder: str = "item {}") -> InteractionLog:
     items, vocab = dense_ids(items_raw)
     users, _ = dense_ids(users_raw)
-    titles = _titles_for(vocab, title_of, source, placeholder)
+    titles = _titles_for(vocab, title_of, placeholder)
     missing = sum(1 for raw in vocab if str(raw) not in title_of)
     meta = {"source_format": fmt, "source": str(source), "items_without_title": missing,
             "item_raw_ids": [str(v) for v in vocab]}
