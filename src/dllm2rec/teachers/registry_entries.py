@@ -1,0 +1,3 @@
+"""Built-in teachers register themselves on import (``dllm2rec.registry.get_teacher``); one import per family."""
+import dllm2rec.teachers.bigrec.teacher  # noqa: F401  (bigrec)
+import dllm2rec.teachers.llmemb  # noqa: F401  (llm-emb)
