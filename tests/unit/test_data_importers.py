@@ -145,3 +145,15 @@ def test_auto_detects_formats(tmp_path):
     assert import_dataset("auto", FIX, max_len=3).meta["source_format"] == "movielens"
     assert import_dataset("auto", _write_recbole(tmp_path / "rb"), max_len=3).meta["source_format"] == "recbole"
     assert import_dataset("auto", write_amazon(tmp_path / "amz"), max_len=2).meta["source_format"] == "amazon"
+
+
+def test_movielens_dat_layout_matches_u_data(tmp_path):
+    """ML-1M/10M layout (ratings.dat / movies.dat with '::') gives the same windows as the ML-100K layout."""
+    d = tmp_path / "ml10m"
+    d.mkdir()
+    rows = [line.split("\t") for line in (FIX / "u.data").read_text().splitlines()]
+    (d / "ratings.dat").write_text("".join("::".join(r) + "\n" for r in rows))
+    items = [line.split("|")[:2] for line in (FIX / "u.item").read_text(encoding="latin-1").splitlines()]
+    (d / "movies.dat").write_text("".join(f"{i}::{t}::Drama\n" for i, t in items), encoding="utf-8")
+    a, b = import_dataset("movielens", d, max_len=3), import_dataset("movielens", FIX, max_len=3)
+    assert a.titles == b.titles and all(a[s].content_hash() == b[s].content_hash() for s in a.splits)
