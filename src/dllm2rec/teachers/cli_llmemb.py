@@ -1,0 +1,57 @@
+"""``dllm2rec teacher fit-llmemb``: train the LLM-embedding sequential teacher and write its TeacherArtifacts.
+
+This is the CPU-trainable LLM-based teacher (frozen LLM / sentence-encoder title embeddings + adapter + causal
+transformer), not BIGRec; see docs/llm_emb_teacher.md.
+"""
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("fit-llmemb")
+    def fit_llmemb(
+        dataset: Path = typer.Argument(..., help="Prepared dataset directory (dllm2rec data prepare)."),
+        out: Path = typer.Option(..., "--out", help="Artifacts directory to write (artifacts.safetensors + manifest.json)."),
+        encoder: str = typer.Option("minilm", help="Frozen title encoder: minilm | smollm2 | random."),
+        epochs: int = typer.Option(40, help="Maximum epochs (early stopping on validation NDCG@20)."),
+        patience: int = typer.Option(4, help="Epochs without a validation NDCG@20 gain before stopping."),
+        top_n: int = typer.Option(20, "--top-n", help="Items ranked per training row in the artifacts."),
+        seed: int = typer.Option(0),
+        dim: int = typer.Option(64, help="Transformer / adapter width d."),
+        layers: int = typer.Option(2, help="Transformer layers."),
+        heads: int = typer.Option(2, help="Attention heads."),
+        dropout: float = typer.Option(0.2),
+        lr: float = typer.Option(1e-3),
+        weight_decay: float = typer.Option(0.01),
+        batch_size: int = typer.Option(256),
+        id_emb: bool = typer.Option(True, "--id-emb/--no-id-emb",
+                                    help="Add a learned per-item ID embedding to the adapted title embedding."),
+        all_positions: bool = typer.Option(False, "--all-positions/--last-position",
+                                           help="Cross-entropy at every prefix position, or at the last one only."),
+        mask_history: str = typer.Option("auto", help="Mask history items when ranking: auto (chosen on validation) | on | off."),
+        cv_folds: int = typer.Option(0, help="K >= 2: score training rows by K-fold cross-fitting; 0 = in-sample."),
+        threads: int = typer.Option(1, help="torch threads (keep 1 on shared machines)."),
+    ) -> None:
+        """Train the LLM-embedding sequential teacher (llm-emb, NOT BIGRec) and write validated artifacts."""
+        from dllm2rec.data.schema import SeqDataset
+        from dllm2rec.teachers.llmemb import LLMEmbConfig, fit_and_save
+
+        ds = SeqDataset.load(dataset)
+        cfg = LLMEmbConfig(encoder=encoder, dim=dim, n_layers=layers, n_heads=heads, dropout=dropout, id_emb=id_emb,
+                           all_positions=all_positions, lr=lr, weight_decay=weight_decay, batch_size=batch_size,
+                           epochs=epochs, patience=patience, mask_history=mask_history, cv_folds=cv_folds,
+                           top_n=top_n, seed=seed, threads=threads)
+        command = "dllm2rec " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+        _, art = fit_and_save(ds, out, cfg, log=lambda m: typer.echo(m, err=True), command=command)
+        m = art.manifest
+        summary = {"out": str(out), "teacher": m["teacher"], "encoder": m["encoder"], "rows": art.n_rows,
+                   "top_n": art.top_n, "mask_history": m["mask_history"], "train_row_scoring": m["train_row_scoring"],
+                   "teacher_valid": m["teacher_valid"], "teacher_test": m["teacher_test"],
+                   "train_row_stats": m["train_row_stats"], "seconds": m["total_seconds"]}
+        typer.echo(json.dumps(summary, indent=1))
