@@ -1,8 +1,10 @@
 """Readers for raw interaction logs → :class:`InteractionLog` (then a recipe in :mod:`dllm2rec.data.recipes`).
 
 Formats:
-* ``movielens`` — GroupLens ML-100K: ``u.data`` (``user<TAB>item<TAB>rating<TAB>ts``) + ``u.item`` (``id|title|...``,
-  latin-1). Every rating is an interaction (BIGRec binarises ratings but does not use them).
+* ``movielens`` — GroupLens ML-100K: ``u.data`` (``user<TAB>item<TAB>rating<TAB>ts``) + ``u.item`` (``id|title|...``),
+  or ML-1M/10M ``ratings.dat`` + ``movies.dat`` (``::``). Titles are read as UTF-8 when the file is valid UTF-8
+  (some redistributed copies were re-encoded), else as latin-1 (GroupLens' original encoding). Every rating is an
+  interaction (BIGRec binarises ratings but does not use them).
 * ``recbole`` — RecBole atomic files ``<name>.inter`` (header ``user_id:token item_id:token ... timestamp:float``)
   + optional ``<name>.item`` (``item_id:token movie_title:token_seq ...``).
 * ``amazon`` — Amazon 2018 (or 2014) ``<Cat>_5.json.gz`` reviews + ``meta_<Cat>.json.gz``, processed as BIGRec:
@@ -97,7 +99,7 @@ def _log(users_raw: np.ndarray, items_raw: np.ndarray, times: np.ndarray | None,
 # --------------------------------------------------------------------------- MovieLens raw
 def read_movielens(source: str | Path) -> InteractionLog:
     """MovieLens raw directory: ML-100K (``u.data`` + ``u.item``, tab / pipe) or ML-1M/10M (``ratings.dat`` +
-    ``movies.dat``, ``::``-separated). Titles are decoded as latin-1 (ML-100K/1M) unless they are valid UTF-8."""
+    ``movies.dat``, ``::``-separated). Titles: UTF-8 if the file is valid UTF-8, else latin-1."""
     src = Path(source)
     if (src / "u.data").is_file() or not (src / "ratings.dat").is_file():
         data_path, item_path, sep, isep = src / "u.data", src / "u.item", "\t", "|"
