@@ -78,3 +78,16 @@ def test_games_val_test_only():
     assert int((ds["test"].len == 10).sum()) == 7_202
     with_statis = import_official(GAME, "game", splits=("valid", "test"), allow_pickle=True)
     assert with_statis.fingerprint() == ds.fingerprint()
+
+
+def test_id2name_formats(tmp_path):
+    from dllm2rec.data.official import read_id2name
+
+    p = tmp_path / "id2name.txt"
+    p.write_text(" Halo 3 - Xbox 360\t0\n007::Legends\t1\n\n", encoding="utf-8")  # tab format; '::' inside a title
+    assert read_id2name(p) == {0: " Halo 3 - Xbox 360", 1: "007::Legends"}
+    p.write_text("0::Morcheeba\n1::Café Del Mar\n", encoding="utf-8")
+    assert read_id2name(p) == {0: "Morcheeba", 1: "Café Del Mar"}
+    p.write_text("0::a\n0::b\n", encoding="utf-8")
+    with pytest.raises(DataError, match="line 2 repeats item id 0"):
+        read_id2name(p)

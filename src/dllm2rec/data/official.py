@@ -162,18 +162,23 @@ def read_id2name(path: Path) -> dict[int, str]:
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not valid UTF-8 text (byte {e.start})") from None
     out: dict[int, str] = {}
-    for lineno, line in enumerate(text.split("\n"), 1):
-        line = line.rstrip("\r")
+    lines = [ln.rstrip("\r") for ln in text.split("\n")]
+    first = next((ln for ln in lines if ln.strip()), "")
+    # one format per file, chosen from the first line: a Games title may itself contain "::" after digits
+    tab_format = first.rpartition("\t")[2].strip().isdigit() and "\t" in first
+    for lineno, line in enumerate(lines, 1):
         if not line.strip():
             continue
-        head, sep, rest = line.partition("::")
-        if sep and head.strip().isdigit():
-            iid, name = int(head), rest
-        else:
+        if tab_format:
             title, sep, tail = line.rpartition("\t")
             if not sep or not tail.strip().isdigit():
-                raise DataError(f"{path}: line {lineno} is neither 'id::name' nor 'title<TAB>id': {line[:60]!r}")
+                raise DataError(f"{path}: line {lineno} is not 'title<TAB>id' like line 1: {line[:60]!r}")
             iid, name = int(tail), title
+        else:
+            head, sep, rest = line.partition("::")
+            if not sep or not head.strip().isdigit():
+                raise DataError(f"{path}: line {lineno} is neither 'id::name' nor 'title<TAB>id': {line[:60]!r}")
+            iid, name = int(head), rest
         if iid in out:
             raise DataError(f"{path}: line {lineno} repeats item id {iid}")
         out[iid] = name
