@@ -13,7 +13,7 @@ WORDS = ["Alpha", "Bravo", "Comet", "Delta", "Echo", "Falcon", "Galaxy", "Harbor
 
 
 def tiny_titles(n: int = 24) -> list[str]:
-    return [f"{WORDS[i % len(WORDS)]} {WORDS[(3 * i + 1) % len(WORDS)]} ({1990 + i % 10})" for i in range(n)]
+    return [f"{WORDS[i % len(WORDS)]} {WORDS[(3 * i + 1) % len(WORDS)]} ({1960 + i})" for i in range(n)]
 
 
 def tiny_dataset(n_items: int = 24, n_train: int = 48, n_eval: int = 12, max_len: int = 10, seed: int = 0,
