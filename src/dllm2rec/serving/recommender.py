@@ -1,0 +1,320 @@
+"""``Recommender``: load a bundle and answer top-k requests in-process (the server is a thin layer over it).
+
+    rec = Recommender.load("bundle/")          # backend="torch" | "torchscript" | "compile" | "onnx"
+    rec.recommend([[12, 7, 3], ["Toy Story", "Heat"]], k=10)  # -> [Recommendation(ids, titles, scores), ...]
+
+Histories are item ids (ints) or titles (strings; mixed is fine). Longer than the student's ``max_len`` L: only
+the last L items are encoded, as in training. ``exclude_history`` removes every item of the (whole) given history
+from the candidates. Exact top-k over all N items by default; ``index="faiss"`` uses a faiss inner-product index
+over the same item matrix (optional, for large catalogues).
+
+Latency: inputs go into preallocated numpy/torch buffers, scores into a preallocated [max_batch, N] buffer, the
+folded item matrix is cached, and everything runs under ``torch.inference_mode()``; a lock makes the shared
+buffers safe when a Recommender is called from several threads.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+
+from dllm2rec.errors import MissingDependencyError
+from dllm2rec.students.base import SequentialStudent
+
+BACKENDS = ("torch", "torchscript", "compile", "onnx")
+_NEG_INF = float("-inf")
+
+
+class RequestError(ValueError):
+    """A bad request; ``field`` names the offending input (e.g. ``histories[0][3]``, ``k``)."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+
+
+@dataclass
+class Recommendation:
+    ids: list[int]
+    titles: list[str]
+    scores: list[float]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class FaissIndex:
+    """Inner-product faiss index over the item matrix with the bias folded in (score = [h, 1] · [w_i, b_i]).
+
+    ``kind="flat"`` is exact (IndexFlatIP); ``kind="hnsw"`` is approximate (IndexHNSWFlat, inner product).
+    """
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, kind: str = "flat", hnsw_m: int = 32):
+        try:
+            import faiss
+        except ImportError:
+            raise MissingDependencyError("index='faiss' needs faiss: pip install 'dllm2rec[faiss]'") from None
+        mat = torch.cat([weight, bias[:, None]], dim=1).detach().float().contiguous().numpy()
+        d = mat.shape[1]
+        if kind == "flat":
+            self.index = faiss.IndexFlatIP(d)
+        elif kind == "hnsw":
+            self.index = faiss.IndexHNSWFlat(d, hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        else:
+            raise ValueError(f"unknown faiss index kind {kind!r} (flat or hnsw)")
+        self.index.add(mat)
+        self.n_items = mat.shape[0]
+
+    def search(self, state: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
+        q = torch.cat([state, torch.ones(state.shape[0], 1, dtype=state.dtype)], dim=1).float().contiguous().numpy()
+        return self.index.search(q, min(k, self.n_items))
+
+
+class Recommender:
+    def __init__(self, model: SequentialStudent, titles: Sequence[str], manifest: dict[str, Any] | None = None,
+                 backend: str = "torch", max_batch: int = 1024, threads: int | None = None,
+                 onnx_model: bytes | str | Path | None = None, index: str = "exact", faiss_kind: str = "flat"):
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        if model.input_offset is not None or model.output_offset is not None:
+            from dllm2rec.serving.bundle import fold_hooks
+
+            fold_hooks(model)
+        if threads:
+            torch.set_num_threads(int(threads))
+        self.model = model.eval()
+        self.manifest = manifest or {}
+        self.backend = backend
+        self.n_items = int(model.n_items)
+        self.max_len = int(model.max_len)
+        self.pad = self.n_items
+        self.max_batch = int(max_batch)
+        if len(titles) != self.n_items:
+            raise ValueError(f"titles has {len(titles)} entries but the student scores {self.n_items} items")
+        self.titles = list(titles)
+        t2i: dict[str, int] = {}
+        for i, t in enumerate(self.titles):
+            t2i[t] = -1 if t in t2i else i  # -1 marks an ambiguous title (several ids)
+        self._title_to_id = t2i
+        self._lock = threading.Lock()
+
+        # cached folded item matrix (output side) + preallocated buffers
+        with torch.no_grad():
+            self.weight = model.output_weight().detach().contiguous()
+            self.bias = model.out.bias.detach().contiguous()
+        self._weight_t = self.weight.t()
+        self._seq_np = np.full((self.max_batch, self.max_len), self.pad, dtype=np.int64)
+        self._lens_np = np.ones(self.max_batch, dtype=np.int64)
+        self._seq_t = torch.from_numpy(self._seq_np)
+        self._lens_t = torch.from_numpy(self._lens_np)
+        self._scores = torch.empty(self.max_batch, self.n_items, dtype=self.weight.dtype)
+
+        self._scripted = None
+        self._onnx = None
+        if backend == "torchscript":
+            self._scripted = _torchscript(model)
+        elif backend == "compile":  # torch.compile (inductor; needs a C++ compiler, compiles on first calls)
+            from dllm2rec.serving.onnx_export import EncoderScorer
+
+            self._scripted = torch.compile(EncoderScorer(model).eval(), dynamic=True)
+        elif backend == "onnx":
+            from dllm2rec.serving.onnx_export import OnnxScorer, onnx_bytes
+
+            src = onnx_model if onnx_model is not None else onnx_bytes(model)
+            self._onnx = OnnxScorer(src, self.n_items, max_batch=self.max_batch, threads=threads)
+        self.index = None
+        if index == "faiss":
+            if backend == "onnx":
+                raise ValueError("index='faiss' needs the encoder state; use backend 'torch' or 'torchscript'")
+            self.index = FaissIndex(self.weight, self.bias, kind=faiss_kind)
+        elif index != "exact":
+            raise ValueError(f"unknown index {index!r} (exact or faiss)")
+        # warm-up: lazy kernel/thread-pool initialisation (and compilation) happens here, not on request 1
+        self.recommend([[0]], k=1)
+        if backend == "compile":
+            self.recommend([[0], [1, 2]], k=1)
+
+    # ------------------------------------------------------------------------------------------- loading
+    @classmethod
+    def load(cls, bundle: str | Path, backend: str = "torch", verify: bool = True, **kwargs: Any) -> "Recommender":
+        from dllm2rec.serving.bundle import ONNX_FILE, load_bundle
+
+        model, titles, manifest = load_bundle(bundle, verify=verify)
+        if backend == "onnx" and "onnx_model" not in kwargs and (Path(bundle) / ONNX_FILE).is_file():
+            kwargs["onnx_model"] = Path(bundle) / ONNX_FILE
+        return cls(model, titles, manifest, backend=backend, **kwargs)
+
+    # ------------------------------------------------------------------------------------------- metadata
+    def metadata(self) -> dict[str, Any]:
+        m = self.manifest
+        return {
+            "model": m.get("model") or {"name": self.model.registry_name, "n_items": self.n_items,
+                                        "max_len": self.max_len},
+            "dataset": m.get("dataset"),
+            "selected": m.get("selected"),
+            "folded_hooks": sorted((m.get("folded_hooks") or {}).keys()),
+            "created": m.get("created"),
+            "backend": self.backend,
+            "index": "faiss" if self.index is not None else "exact",
+            "n_items": self.n_items,
+            "max_len": self.max_len,
+        }
+
+    # ------------------------------------------------------------------------------------------- input
+    def item_id(self, x: Any, field: str = "item") -> int:
+        """An item id or title -> id; RequestError naming ``field`` and the item otherwise."""
+        t = type(x)
+        if t is int or (isinstance(x, (int, np.integer)) and t is not bool and not isinstance(x, np.bool_)):
+            x = int(x)
+            if 0 <= x < self.n_items:
+                return x
+            raise RequestError(field, f"{field}: unknown item id {x} (valid ids are 0..{self.n_items - 1})")
+        if t is str:
+            i = self._title_to_id.get(x)
+            if i is None:
+                hint = "; item ids must be given as integers, not strings" if x.strip().lstrip("-").isdigit() else ""
+                raise RequestError(field, f"{field}: unknown item title {x!r}{hint}")
+            if i < 0:
+                ids = [j for j, tt in enumerate(self.titles) if tt == x]
+                raise RequestError(field, f"{field}: item title {x!r} is ambiguous (ids {ids}); pass the id")
+            return i
+        raise RequestError(field, f"{field}: expected an item id (int) or title (str), got {t.__name__} {x!r}")
+
+    def parse_history(self, history: Any, field: str = "history") -> list[int]:
+        if isinstance(history, (np.ndarray, torch.Tensor)):
+            history = history.tolist()
+        if isinstance(history, (str, bytes)) or not isinstance(history, (list, tuple)):
+            raise RequestError(field, f"{field}: expected a list of item ids or titles, got {type(history).__name__}")
+        if not history:
+            raise RequestError(field, f"{field}: history is empty (need at least one item)")
+        N = self.n_items
+        out = []
+        for j, x in enumerate(history):
+            if type(x) is int and 0 <= x < N:  # fast path
+                out.append(x)
+            else:
+                out.append(self.item_id(x, f"{field}[{j}]"))
+        return out
+
+    def _check_k(self, k: Any) -> int:
+        if type(k) is not int and not isinstance(k, np.integer) or isinstance(k, bool):
+            raise RequestError("k", f"k: expected an integer, got {type(k).__name__}")
+        if not 1 <= k <= self.n_items:
+            raise RequestError("k", f"k: must be between 1 and the number of items ({self.n_items}), got {k}")
+        return int(k)
+
+    # ------------------------------------------------------------------------------------------- scoring
+    def _fill(self, rows: list[list[int]], start: int, stop: int) -> int:
+        L, seq, lens = self.max_len, self._seq_np, self._lens_np
+        for i in range(start, stop):
+            ids = rows[i]
+            n = len(ids)
+            r = i - start
+            if n >= L:
+                seq[r] = ids[-L:]
+                lens[r] = L
+            else:
+                seq[r, :n] = ids
+                seq[r, n:] = self.pad
+                lens[r] = n
+        return stop - start
+
+    def _score_filled(self, B: int) -> torch.Tensor:
+        """Scores [B, N] for the first B rows of the input buffers (into the score buffer)."""
+        if self._onnx is not None:
+            return torch.from_numpy(self._onnx(self._seq_np[:B], self._lens_np[:B]))
+        seq, lens = self._seq_t[:B], self._lens_t[:B]
+        if self._scripted is not None:
+            return self._scripted(seq, lens)
+        h = self.model.encode(seq, lens)
+        return torch.addmm(self.bias, h, self._weight_t, out=self._scores[:B])
+
+    def scores(self, histories: Iterable[Any]) -> torch.Tensor:
+        """Raw scores [B, N] (a copy) for a batch of histories (no exclusion)."""
+        rows = [self.parse_history(h, f"histories[{i}]") for i, h in enumerate(histories)]
+        outs = []
+        with self._lock, torch.inference_mode():
+            for s in range(0, len(rows), self.max_batch):
+                B = self._fill(rows, s, min(s + self.max_batch, len(rows)))
+                outs.append(self._score_filled(B).clone())
+        return torch.cat(outs) if outs else torch.empty(0, self.n_items)
+
+    def _topk(self, rows: list[list[int]], k: int, exclude: bool) -> list[Recommendation]:
+        res: list[Recommendation] = []
+        titles = self.titles
+        with self._lock, torch.inference_mode():
+            for s in range(0, len(rows), self.max_batch):
+                e = min(s + self.max_batch, len(rows))
+                B = self._fill(rows, s, e)
+                if self.index is not None:
+                    vals, idx = self._faiss_topk(rows[s:e], B, k, exclude)
+                else:
+                    scores = self._score_filled(B)
+                    if exclude:
+                        if B == 1:
+                            scores[0, rows[s]] = _NEG_INF
+                        else:
+                            r = np.repeat(np.arange(B), [len(h) for h in rows[s:e]])
+                            c = np.fromiter((x for h in rows[s:e] for x in h), dtype=np.int64, count=len(r))
+                            scores[torch.from_numpy(r), torch.from_numpy(c)] = _NEG_INF
+                    v, i = torch.topk(scores, k, dim=1, sorted=True)
+                    vals, idx = v.tolist(), i.tolist()
+                for vr, ir in zip(vals, idx):
+                    if exclude and vr and vr[-1] == _NEG_INF:  # fewer than k candidates left
+                        n = next(j for j, x in enumerate(vr) if x == _NEG_INF)
+                        vr, ir = vr[:n], ir[:n]
+                    res.append(Recommendation(ir, [titles[j] for j in ir], vr))
+        return res
+
+    def _faiss_topk(self, rows: list[list[int]], B: int, k: int, exclude: bool):
+        seq, lens = self._seq_t[:B], self._lens_t[:B]
+        h = self.model.encode(seq, lens)
+        extra = max(len(set(r)) for r in rows) if exclude else 0
+        D, I = self.index.search(h, k + extra)
+        vals, idx = [], []
+        for r, drow, irow in zip(rows, D.tolist(), I.tolist()):
+            seen = set(r) if exclude else ()
+            keep = [(d, i) for d, i in zip(drow, irow) if i >= 0 and i not in seen][:k]
+            vals.append([d for d, _ in keep])
+            idx.append([i for _, i in keep])
+        return vals, idx
+
+    # ------------------------------------------------------------------------------------------- public API
+    def recommend(self, histories: Iterable[Any], k: int = 10, exclude_history: bool = True) -> list[Recommendation]:
+        """Top-k for each history in the batch (ids and/or titles) -> one Recommendation per history."""
+        k = self._check_k(k)
+        if isinstance(histories, (str, bytes)) or not isinstance(histories, (list, tuple, np.ndarray, torch.Tensor)):
+            raise RequestError("histories", f"histories: expected a list of histories, got {type(histories).__name__}")
+        rows = [self.parse_history(h, f"histories[{i}]") for i, h in enumerate(histories)]
+        if not rows:
+            return []
+        return self._topk(rows, k, bool(exclude_history))
+
+    def recommend_one(self, history: Any, k: int = 10, exclude_history: bool = True) -> Recommendation:
+        k = self._check_k(k)
+        return self._topk([self.parse_history(history, "history")], k, bool(exclude_history))[0]
+
+
+def _torchscript(model: SequentialStudent):
+    """Traced + frozen encoder+scorer; checked against eager at batch 1 and 3."""
+    import warnings
+
+    from dllm2rec.serving.onnx_export import EncoderScorer, example_inputs
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with torch.no_grad():
+            traced = torch.jit.trace(EncoderScorer(model).eval(), example_inputs(model, 2), check_trace=False)
+            frozen = torch.jit.freeze(traced)
+            with torch.inference_mode():
+                for B in (1, 3):
+                    seq, lens = example_inputs(model, B, seed=B)
+                    ref = model.score_all(model.encode(seq, lens))
+                    got = frozen(seq, lens)
+                    if not torch.allclose(ref, got, atol=1e-4, rtol=1e-4):
+                        raise RuntimeError("TorchScript trace does not match the eager model")
+    return frozen
