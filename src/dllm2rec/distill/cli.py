@@ -1,0 +1,291 @@
+"""``dllm2rec report``, ``dllm2rec tune``, ``dllm2rec experiment`` and ``dllm2rec demo``.
+
+Heavy imports (torch, matplotlib, optuna) happen inside the commands so ``dllm2rec --help`` stays fast.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+SHIPPED_TEACHERS = Path("artifacts/teachers")
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        from dllm2rec.errors import ConfigError
+
+        raise ConfigError(f"'{text}': expected a comma-separated list of integers") from None
+
+
+def _strs(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+# ------------------------------------------------------------------------------------------------ tune helpers
+def _num(text: str) -> int | float:
+    text = text.strip()
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
+
+
+def parse_space(items: list[str]) -> dict[str, tuple[str, Any]]:
+    """``key=lo:hi`` (float; ints if both ints), ``key=lo:hi:log``, ``key=a,b,c`` (categorical, YAML values)."""
+    import yaml
+
+    from dllm2rec.errors import ConfigError
+
+    space: dict[str, tuple[str, Any]] = {}
+    for it in items:
+        if "=" not in it:
+            raise ConfigError(f"--space '{it}' must look like section.key=lo:hi | lo:hi:log | a,b,c")
+        key, val = (s.strip() for s in it.split("=", 1))
+        if ":" in val:
+            parts = val.split(":")
+            log = len(parts) == 3 and parts[2] == "log"
+            if len(parts) not in (2, 3) or (len(parts) == 3 and not log):
+                raise ConfigError(f"--space '{it}': range must be lo:hi or lo:hi:log")
+            try:
+                lo, hi = (_num(x) for x in parts[:2])
+            except ValueError:
+                raise ConfigError(f"--space '{it}': bounds must be numbers") from None
+            if lo >= hi:
+                raise ConfigError(f"--space '{it}': lower bound must be below the upper bound")
+            kind = "int" if isinstance(lo, int) and isinstance(hi, int) else "float"
+            space[key] = (kind + ("-log" if log else ""), (lo, hi))
+        else:
+            choices = [yaml.safe_load(c) for c in val.split(",")]
+            space[key] = ("cat", choices)
+    return space
+
+
+def _fmt_override(key: str, value: Any) -> str:
+    if isinstance(value, bool):
+        return f"{key}={'true' if value else 'false'}"
+    if value is None:
+        return f"{key}=null"
+    return f"{key}={value}"
+
+
+def run_tune(config: Path | None, overrides: list[str], space: dict[str, tuple[str, Any]], trials: int, out: Path,
+             seed: int = 0, echo=print) -> dict[str, Any]:
+    """Optuna search; each trial trains in ``out/trial-NNNN``; objective = VALIDATION select metric (never test)."""
+    from dllm2rec.errors import MissingDependencyError
+
+    try:
+        import optuna
+    except ImportError:
+        raise MissingDependencyError("`dllm2rec tune` needs optuna: pip install 'dllm2rec[hpo]'") from None
+    from dllm2rec.config import load_config
+    from dllm2rec.experiments import load_dataset
+    from dllm2rec.training.trainer import Trainer
+    from dllm2rec.utils.io import atomic_write_text
+
+    base = load_config(config, overrides)
+    ds = load_dataset(base.data.path)
+    select_key = None
+    records: list[dict[str, Any]] = []
+
+    def objective(trial) -> float:
+        nonlocal select_key
+        params: dict[str, Any] = {}
+        for key, (kind, arg) in space.items():
+            if kind == "cat":
+                params[key] = trial.suggest_categorical(key, arg)
+            elif kind.startswith("int"):
+                params[key] = trial.suggest_int(key, arg[0], arg[1], log=kind.endswith("-log"))
+            else:
+                params[key] = trial.suggest_float(key, float(arg[0]), float(arg[1]), log=kind.endswith("-log"))
+        ov = list(overrides) + [_fmt_override(k, v) for k, v in params.items()]
+        cfg = load_config(config, ov + [f"name=trial-{trial.number:04d}"])
+        tr = Trainer(cfg, ds, out / f"trial-{trial.number:04d}", quiet=True)
+        res = tr.fit()
+        select_key = tr.select_key
+        if res.get("status") == "paused":
+            raise RuntimeError("trial did not finish")
+        value = float(res["valid"][tr.select_key])
+        # test is recorded for the record only; it never feeds the search
+        records.append({"trial": trial.number, "params": params, "value": value, "best_epoch": res["best_epoch"],
+                        "run_dir": str(tr.run_dir)})
+        echo(f"trial {trial.number}: {', '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}' for k, v in params.items())}"
+             f"  -> {tr.select_key} {value:.4f} (epoch {res['best_epoch']})")
+        return value
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    out.mkdir(parents=True, exist_ok=True)
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))
+    study.optimize(objective, n_trials=trials)
+    best = study.best_trial
+    result = {
+        "objective": f"{select_key} (validation; test never used for the search)",
+        "best_value": best.value,
+        "best_params": best.params,
+        "best_overrides": [_fmt_override(k, v) for k, v in best.params.items()],
+        "best_run_dir": str(out / f"trial-{best.number:04d}"),
+        "trials": records,
+        "base_config": None if config is None else str(config),
+        "base_overrides": list(overrides),
+        "space": {k: [kind, list(arg) if isinstance(arg, tuple) else arg] for k, (kind, arg) in space.items()},
+    }
+    atomic_write_text(out / "tune.json", json.dumps(result, indent=2))
+    return result
+
+
+# ------------------------------------------------------------------------------------------------ demo helpers
+def find_teacher(dataset_name: str, teacher: str | None) -> tuple[str, str]:
+    """(teacher spec, human description). Shipped artifacts if present, else the labelled synthetic teacher."""
+    if teacher:
+        kind = "random" if teacher.startswith("random") else "synthetic" if teacher.startswith("synthetic") else None
+        if kind == "random":
+            return teacher, "RANDOM teacher (control: random embeddings and rankings, no knowledge)"
+        if kind == "synthetic":
+            return teacher, ("SYNTHETIC teacher (a noisy oracle that knows the true next item; NOT an LLM — it "
+                             "shows that the mechanism works, not what an LLM teacher gives)")
+        return teacher, f"teacher artifacts {teacher}"
+    shipped = SHIPPED_TEACHERS / dataset_name
+    if (shipped / "manifest.json").is_file():
+        return str(shipped), f"shipped LLM-teacher artifacts {shipped}"
+    return "synthetic", (f"SYNTHETIC teacher — no LLM-teacher artifacts at {shipped} yet. A noisy oracle that knows "
+                         "the true next item; NOT an LLM: it shows the mechanism works, not what an LLM teacher gives")
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def report(
+        runs: list[str] = typer.Argument(..., help="run dirs, results.json files or globs (quoted ** works)"),
+        out: Path = typer.Option(Path("runs/report"), "--out", help="output directory (report.md, *.png)"),
+        label_from: Optional[str] = typer.Option(None, "--label-from",
+                                                 help="append this strategy param / dotted config key to labels"),
+        teacher_metrics: Optional[Path] = typer.Option(None, "--teacher-metrics",
+                                                       help="JSON with the teacher's own metrics "
+                                                            "(keys like test/full/NDCG@20; flat or per dataset)"),
+        title: Optional[str] = typer.Option(None, "--title"),
+        no_plots: bool = typer.Option(False, "--no-plots"),
+    ) -> None:
+        """Aggregate runs over seeds (mean ± 95% CI, mean ± std) into report.md + training-curve and bar PNGs."""
+        from dllm2rec.evaluation.report import build_report
+
+        rep = build_report(runs, out, label_from=label_from, teacher_metrics=teacher_metrics, title=title,
+                           plots=not no_plots)
+        typer.echo(rep["markdown"].split("\n![")[0].rstrip())
+        typer.echo("\nwrote " + ", ".join(str(p) for p in rep["files"].values()))
+
+    @app.command()
+    def tune(
+        config: Optional[Path] = typer.Option(None, "--config", "-c", help="base YAML config"),
+        override: list[str] = typer.Option([], "--set", "-o", help="dotted override for every trial"),
+        space: list[str] = typer.Option(..., "--space",
+                                        help="search dimension: key=lo:hi, key=lo:hi:log or key=a,b,c "
+                                             "(e.g. distill.params.lam=0.1:1.0)"),
+        trials: int = typer.Option(20, "--trials", min=1),
+        out: Path = typer.Option(Path("runs/tune"), "--out", help="trial run dirs + tune.json"),
+        seed: int = typer.Option(0, "--sampler-seed", help="seed of the TPE sampler"),
+    ) -> None:
+        """Optuna search over strategy/trainer parameters on the VALIDATION select metric; writes tune.json."""
+        sp = parse_space(space)
+        res = run_tune(config, list(override), sp, trials, out, seed, echo=typer.echo)
+        typer.echo(f"\nbest {res['objective']}: {res['best_value']:.4f}")
+        typer.echo("best params: " + " ".join(f"-o {x}" for x in res["best_overrides"]))
+        typer.echo(f"wrote {out / 'tune.json'}")
+
+    @app.command()
+    def experiment(
+        data: str = typer.Option(..., "--data", help="comma list of prepared dataset dirs or presets"),
+        students: str = typer.Option("sasrec,gru4rec,caser", "--students"),
+        methods: str = typer.Option("none", "--methods",
+                                    help="comma list: none, random (random-teacher control), rd, hint, dllm2rec, "
+                                         "dllm2rec-paper, dllm2rec-wo-{position,confidence,consistency,ranking,"
+                                         "embedding,offset}, or 'ablations'"),
+        seeds: str = typer.Option("0,1,2", "--seeds"),
+        teacher: Optional[str] = typer.Option(None, "--teacher", help="teacher-artifacts dir (rd/hint/dllm2rec)"),
+        out: Path = typer.Option(Path("runs/exp"), "--out"),
+        config: Optional[Path] = typer.Option(None, "--config", "-c", help="base YAML config"),
+        override: list[str] = typer.Option([], "--set", "-o", help="dotted override for every run"),
+        resume: bool = typer.Option(False, "--resume", help="continue killed runs from their last checkpoint"),
+        jobs: int = typer.Option(1, "--jobs", min=1, help="parallel subprocesses (each train.num_threads=1)"),
+        dry_run: bool = typer.Option(False, "--dry-run", help="list the runs and their state, train nothing"),
+        no_report: bool = typer.Option(False, "--no-report", help="skip the report at the end"),
+    ) -> None:
+        """Run a datasets × students × methods × seeds grid (finished runs are skipped), then report it."""
+        from dllm2rec.experiments import GridSpec, parse_methods, run_grid
+
+        grid = GridSpec(data=_strs(data), students=_strs(students), methods=parse_methods(methods),
+                        seeds=_ints(seeds), out=out, teacher=teacher, config=config, overrides=list(override),
+                        resume=resume, jobs=jobs)
+        if dry_run:
+            for s in grid.runs():
+                state = "done" if s.done else "partial" if s.started else "todo"
+                typer.echo(f"{state:8s} {s.run_dir}  " + " ".join(f"-o {o}" for o in s.overrides))
+            return
+        res = run_grid(grid, log=typer.echo)
+        if not no_report and res["finished"]:
+            from dllm2rec.evaluation.report import build_report
+
+            rep = build_report([out], out, title=f"Experiment {out}")
+            typer.echo("\n" + rep["markdown"].split("\n![")[0].rstrip())
+            typer.echo(f"\nwrote {out / 'report.md'}")
+        if res["failed"]:
+            from dllm2rec.errors import Dllm2recError
+
+            raise Dllm2recError(f"{len(res['failed'])} run(s) failed, first: {res['failed'][0][0]}: "
+                                f"{res['failed'][0][1]}")
+
+    @app.command()
+    def demo(
+        data: str = typer.Option("ml-100k", "--data", help="preset name or prepared dataset dir"),
+        teacher: Optional[str] = typer.Option(None, "--teacher",
+                                              help="teacher-artifacts dir (default: artifacts/teachers/<dataset> "
+                                                   "if shipped, else the labelled synthetic teacher)"),
+        student: str = typer.Option("sasrec", "--student"),
+        out: Path = typer.Option(Path("runs/demo"), "--out"),
+        seed: int = typer.Option(0, "--seed"),
+        epochs: int = typer.Option(60, "--epochs", help="epoch cap (early stopping on validation, patience 10)"),
+        quick: bool = typer.Option(False, "--quick", help="smoke run: 2 epochs"),
+        control: bool = typer.Option(True, "--control/--no-control", help="also run the random-teacher control"),
+        override: list[str] = typer.Option([], "--set", "-o", help="dotted override for every run"),
+    ) -> None:
+        """The whole product on the embedded default: dataset -> teacher -> baseline vs distilled -> table + plot."""
+        from dllm2rec.evaluation.report import build_report, teacher_metrics_from_dir
+        from dllm2rec.experiments import GridSpec, load_dataset, run_grid
+
+        ds = load_dataset(data)
+        typer.echo(f"[1/4] dataset {ds.name}: {ds.n_items} items, "
+                   f"{len(ds['train'])}/{len(ds['valid'])}/{len(ds['test'])} train/valid/test rows")
+        spec, desc = find_teacher(ds.name, teacher)
+        typer.echo(f"[2/4] teacher: {desc}")
+        methods = ["none"] + (["random"] if control and not spec.startswith("random") else []) + ["dllm2rec"]
+        ov = [f"train.epochs={2 if quick else epochs}", "train.patience=10"] + list(override)
+        grid = GridSpec(data=[data], students=[student], methods=methods, seeds=[seed], out=out,
+                        teacher=spec, overrides=ov, resume=True)
+        typer.echo(f"[3/4] training {student}: " + ", ".join(methods) + f" (epoch cap {2 if quick else epochs}; "
+                   f"finished runs in {out} are reused)")
+        res = run_grid(grid, log=lambda m: typer.echo("      " + m), quiet=True)
+        if res["failed"]:
+            from dllm2rec.errors import Dllm2recError
+
+            raise Dllm2recError(f"demo run failed: {res['failed'][0][0]}: {res['failed'][0][1]}")
+        tm_raw = teacher_metrics_from_dir(spec) if Path(spec).is_dir() else {}
+        tm = load_teacher_metrics_dict(tm_raw, ds.name)
+        dirs = [s.run_dir for s in grid.runs()]
+        rep = build_report(dirs, out, teacher_metrics=tm,
+                           title=f"DLLM2Rec demo on {ds.name} ({student}; teacher: {desc.split(' (')[0].split(' —')[0]})")
+        typer.echo("[4/4] results\n")
+        typer.echo(rep["markdown"].split("\n![")[0].rstrip())
+        if not tm:
+            typer.echo("(no teacher metrics recorded with the teacher artifacts)")
+        typer.echo(f"\nwrote {out / 'report.md'}, {out / 'curves.png'}, {out / 'bars.png'}")
+
+
+def load_teacher_metrics_dict(raw: dict[str, Any], dataset: str) -> dict[str, dict[str, float]]:
+    from dllm2rec.evaluation.report import flatten
+
+    if not raw:
+        return {}
+    flat = {k: float(v) for k, v in flatten(raw).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return {dataset: flat} if flat else {}
