@@ -1,0 +1,145 @@
+"""Collaborative embedding distillation (paper Eq. 12-13, spec §1.1 and §1.2.3).
+
+    e_i = b_i + w · g(z_i)       b_i: the student's own ID embedding ("offset"), z_i: the teacher's item embedding,
+                                 g: projector D -> d (``linear``: one affine layer, the official; ``mlp``: 2 layers)
+
+The offset modules plug into the student's hooks (``SequentialStudent.input_offset`` / ``output_offset``):
+
+- ``TeacherInputOffset``  ids [...] -> [..., d]; the input sequence side (paper and official). Only the *unique* ids of
+  the batch are projected, once per call (the official builds a [B, L, 4096] tensor per batch). Zero at PAD.
+- ``TeacherOutputOffset`` () -> [N, H]; adds w·g(z_i) to the output-layer weights (an extension; needs
+  ``hidden_dim == dim``, so not Caser).
+- "w/o offset" (paper Table 9): ``disable_id_embedding(model)`` zeroes and freezes b, so e_i = g(z_i) (scale 1).
+
+Each module holds the teacher embeddings as a float32 buffer (row N = PAD = 0) and describes itself with ``spec()``;
+the builders below are registered with ``students.hooks`` so a distilled checkpoint reloads without teacher files.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from dllm2rec.errors import ConfigError
+from dllm2rec.students.hooks import register_hook
+
+PROJECTORS = ("linear", "mlp")
+SIDES = ("input", "output", "both")
+
+
+def make_projector(d_in: int, d_out: int, kind: str = "linear", hidden: int = 256) -> nn.Module:
+    if kind == "linear":
+        return nn.Linear(d_in, d_out)
+    if kind == "mlp":
+        return nn.Sequential(nn.Linear(d_in, hidden), nn.GELU(), nn.Linear(hidden, d_out))
+    raise ConfigError(f"unknown projector '{kind}'; choose one of {', '.join(PROJECTORS)}")
+
+
+def _table(item_emb: np.ndarray | torch.Tensor) -> torch.Tensor:
+    z = torch.as_tensor(np.asarray(item_emb) if not isinstance(item_emb, torch.Tensor) else item_emb)
+    z = z.detach().to(torch.float32)
+    return torch.cat([z, torch.zeros(1, z.shape[1])], dim=0).contiguous()  # PAD row
+
+
+class _TeacherProjection(nn.Module):
+    type_name = "?"
+
+    def __init__(self, teacher_emb: torch.Tensor, d_out: int, weight: float = 1.0, projector: str = "linear",
+                 mlp_hidden: int = 256):
+        super().__init__()
+        self.n_items = int(teacher_emb.shape[0]) - 1
+        self.d_in = int(teacher_emb.shape[1])
+        self.d_out = int(d_out)
+        self.weight = float(weight)
+        self.projector_kind = projector
+        self.mlp_hidden = int(mlp_hidden)
+        self.register_buffer("teacher_emb", teacher_emb)
+        self.proj = make_projector(self.d_in, self.d_out, projector, mlp_hidden)
+
+    @classmethod
+    def from_artifacts(cls, item_emb, d_out: int, **kw) -> "_TeacherProjection":
+        return cls(_table(item_emb), d_out, **kw)
+
+    def spec(self) -> dict[str, Any]:
+        return {"type": self.type_name, "n_items": self.n_items, "d_in": self.d_in, "d_out": self.d_out,
+                "weight": self.weight, "projector": self.projector_kind, "mlp_hidden": self.mlp_hidden}
+
+    @classmethod
+    def from_spec(cls, spec: dict, state: dict, prefix: str) -> "_TeacherProjection":
+        key = prefix + "teacher_emb"
+        if key in state:
+            shape = tuple(state[key].shape)
+        else:
+            shape = (spec["n_items"] + 1, spec["d_in"])
+        return cls(torch.zeros(shape), spec["d_out"], spec.get("weight", 1.0), spec.get("projector", "linear"),
+                   spec.get("mlp_hidden", 256))
+
+
+class TeacherInputOffset(_TeacherProjection):
+    """ids [...] -> w · g(z_ids), zero at PAD; the unique ids of the call are projected once."""
+
+    type_name = "teacher-input-offset"
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        uniq, inv = torch.unique(ids, return_inverse=True)
+        p = self.proj(self.teacher_emb[uniq])
+        p = p * (uniq != self.n_items).unsqueeze(1).to(p.dtype)
+        if self.weight != 1.0:
+            p = p * self.weight
+        return p[inv]
+
+
+class TeacherOutputOffset(_TeacherProjection):
+    """() -> [N, d] = w · g(z) for every item, added to the output weights (extension)."""
+
+    type_name = "teacher-output-offset"
+
+    def forward(self) -> torch.Tensor:
+        p = self.proj(self.teacher_emb[: self.n_items])
+        return p * self.weight if self.weight != 1.0 else p
+
+
+@register_hook(TeacherInputOffset.type_name)
+def _build_input(spec, state, prefix):
+    return TeacherInputOffset.from_spec(spec, state, prefix)
+
+
+@register_hook(TeacherOutputOffset.type_name)
+def _build_output(spec, state, prefix):
+    return TeacherOutputOffset.from_spec(spec, state, prefix)
+
+
+def disable_id_embedding(model) -> None:
+    """'w/o offset': b_i = 0 and frozen, so the item representation is the projected teacher embedding alone."""
+    with torch.no_grad():
+        model.item_emb.weight.zero_()
+    model.item_emb.weight.requires_grad_(False)
+
+
+def attach_embedding_distillation(model, item_emb, weight: float = 0.3, side: str = "input",
+                                  projector: str = "linear", mlp_hidden: int = 256, offset: bool = True) -> None:
+    """Install the teacher offset(s) on ``model``. ``offset=False`` is the paper's "w/o offset" (e = g(z))."""
+    if side not in SIDES:
+        raise ConfigError(f"unknown ed_side '{side}'; choose one of {', '.join(SIDES)}")
+    n = int(np.asarray(item_emb).shape[0]) if not isinstance(item_emb, torch.Tensor) else int(item_emb.shape[0])
+    if n != model.n_items:
+        raise ConfigError(f"teacher has {n} item embeddings but the student has {model.n_items} items")
+    if side in ("output", "both") and model.hidden_dim != model.dim:
+        raise ConfigError(f"ed_side='{side}' adds the projected teacher embedding to the output layer, which needs "
+                          f"hidden_dim == dim; {model.registry_name} has hidden_dim {model.hidden_dim} != dim "
+                          f"{model.dim}. Use ed_side='input' for this student.")
+    w = weight if offset else 1.0
+    table = _table(item_emb)
+    if side in ("input", "both"):
+        model.input_offset = TeacherInputOffset(table, model.dim, w, projector, mlp_hidden)
+        if not offset:
+            disable_id_embedding(model)
+    if side in ("output", "both"):
+        # a separate copy of the table: safetensors refuses tensors shared between two state-dict keys
+        model.output_offset = TeacherOutputOffset(table.clone(), model.hidden_dim, w, projector, mlp_hidden)
+        if not offset:
+            with torch.no_grad():
+                model.out.weight.zero_()
+            model.out.weight.requires_grad_(False)

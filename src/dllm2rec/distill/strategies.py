@@ -1,0 +1,187 @@
+"""Registered distillation strategies. ``distill.strategy`` picks one; ``distill.params`` overrides its defaults.
+
+=============  =================================================================================================
+name           what
+=============  =================================================================================================
+none           the plain student (no-KD)                                                    (distill/base.py)
+dllm2rec       importance-aware ranking distillation + collaborative embedding distillation  (DLLM2REC_DEFAULTS)
+dllm2rec-paper the same with ``variant: paper`` (Eq. 5, positives only)
+rank-only      dllm2rec with ``use_embedding: false`` ("w/o all_e")
+embed-only     dllm2rec with ``use_ranking: false``   ("w/o L_d")
+rd             Ranking Distillation, Tang & Wang 2018                                      (baselines.RD_DEFAULTS)
+hint           FitNets-style embedding regression                                          (baselines.HINT_DEFAULTS)
+=============  =================================================================================================
+
+Ablations are params of ``dllm2rec`` (no code edits): ``use_position/use_confidence/use_consistency: false``
+(w/o one weight), ``use_ranking: false``, ``use_embedding: false``, ``offset: false`` (w/o offset: e = g(z)).
+The random-teacher control is a *teacher*, not a strategy: ``distill.teacher: random`` (or ``random:4096``).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from dllm2rec.distill import ranking, weights
+from dllm2rec.distill.base import StepContext, Strategy
+from dllm2rec.distill.baselines import HintStrategy, RDStrategy, TeacherRows, resolve_params
+from dllm2rec.distill.embedding import PROJECTORS, SIDES, attach_embedding_distillation
+from dllm2rec.errors import ConfigError
+from dllm2rec.registry import register_strategy
+
+# The one place the DLLM2Rec defaults live (docs/distillation.md explains each choice).
+DLLM2REC_DEFAULTS: dict[str, Any] = {
+    # ranking distillation (L_d)
+    "use_ranking": True,
+    "variant": "official",          # official: the script's loss term by term | paper: Eq. 5
+    "lam": 0.7,                     # λ_d; official README command (code default 0.8; paper tunes 0.1..1.0)
+    "K": 10,                        # teacher candidates per row (candidate_topk)
+    "beta": 1.0,                    # position temperature β of exp(-r/β) (official: hard-coded 1)
+    "gamma_p": 0.3, "gamma_c": 0.5, "gamma_o": 0.1,
+    "use_position": True, "use_confidence": True, "use_consistency": True,
+    "confidence_source": "candidate",  # candidate: per-candidate distances (official) | target: d(gen, true item) (paper)
+    "confidence_norm": "minmax",    # raw (official exp(-d), underflows for LLM L2 distances) | softmax | minmax | zscore
+    "confidence_temperature": 1.0,
+    "row_normalise": True,          # official: final weights sum to 1 per row
+    "neg_term": False,              # paper variant only: add the correct −log(1−σ(ŷ_neg)) term
+    "dros_alpha": 0.0,              # official variant only: α of the DROS term inside L_d (official uses loss α, 0.5)
+    "dros_beta": 1.0, "dros_power": 0.05,
+    # collaborative embedding distillation
+    "use_embedding": True,
+    "ed_weight": 0.3,               # w in e = b + w·g(z); official README command (code default 0.2); 0 disables
+    "projector": "linear",          # linear (official: one affine layer) | mlp
+    "mlp_hidden": 256,
+    "ed_side": "input",             # input (paper/official) | output (extension) | both
+    "offset": True,                 # false: "w/o offset", e = g(z), ID embedding zeroed and frozen
+}
+
+
+class DLLM2RecStrategy(Strategy):
+    needs_teacher = True
+    overrides: dict[str, Any] = {}
+
+    def __init__(self, params=None, dataset=None, teacher=None):
+        super().__init__(params, dataset, teacher)
+        name = getattr(self, "registry_name", "dllm2rec")
+        p = resolve_params(name, {**DLLM2REC_DEFAULTS, **self.overrides}, self.params)
+        self.p = p
+        if teacher is None:
+            raise ConfigError(f"strategy '{name}' needs teacher artifacts (distill.teacher)")
+        if p["variant"] not in ("official", "paper"):
+            raise ConfigError(f"{name}: variant must be official | paper, got {p['variant']!r}")
+        if p["confidence_norm"] not in weights.CONFIDENCE_NORMS:
+            raise ConfigError(f"{name}: confidence_norm must be one of {', '.join(weights.CONFIDENCE_NORMS)}")
+        if p["confidence_source"] not in weights.CONFIDENCE_SOURCES:
+            raise ConfigError(f"{name}: confidence_source must be one of {', '.join(weights.CONFIDENCE_SOURCES)}")
+        if p["projector"] not in PROJECTORS:
+            raise ConfigError(f"{name}: projector must be one of {', '.join(PROJECTORS)}")
+        if p["ed_side"] not in SIDES:
+            raise ConfigError(f"{name}: ed_side must be one of {', '.join(SIDES)}")
+        self.K = int(p["K"])
+        self.rows = TeacherRows(teacher, self.K, dataset) if p["use_ranking"] else None
+        self.ps = None
+        self._build_ps()
+        if self.rows is not None and p["use_confidence"] and p["confidence_source"] == "target":
+            if teacher.target_dist is None:
+                raise ConfigError(f"{name}: confidence_source=target needs the teacher's target_dist (the distance "
+                                  "between its generation and the true item); these artifacts have none — use "
+                                  "confidence_source=candidate")
+            self.rows.extra["tconf"] = weights.target_confidence(
+                torch.as_tensor(teacher.target_dist), p["confidence_norm"], p["confidence_temperature"])
+
+    # ------------------------------------------------------------------ setup
+    def _build_ps(self) -> None:
+        p = self.p
+        self.ps = None
+        if p["use_ranking"] and p["variant"] == "official" and p["dros_alpha"]:
+            from dllm2rec.training.losses import dros_propensity
+
+            if self.dataset is None:
+                raise ConfigError(f"{self.registry_name}: dros_alpha > 0 needs the dataset (item frequencies)")
+            self.ps = dros_propensity(torch.from_numpy(self.dataset.item_counts("train")), p["dros_power"])
+
+    def configure(self, run_cfg) -> None:
+        """Optional hook for the trainer: inherit the student loss's DROS α/β/power (``loss.dros_*``) for the DROS
+        term inside L_d, as the official script does, unless ``distill.params`` sets ``dros_alpha`` itself."""
+        if "dros_alpha" in self.params:
+            return
+        loss = getattr(run_cfg, "loss", None)
+        if loss is not None and getattr(loss, "dros_alpha", 0):
+            self.p.update(dros_alpha=float(loss.dros_alpha), dros_beta=float(loss.dros_beta),
+                          dros_power=float(loss.dros_power))
+            self._build_ps()
+
+    def attach(self, model) -> None:
+        p = self.p
+        if p["use_embedding"] and (p["ed_weight"] != 0 or not p["offset"]):
+            attach_embedding_distillation(model, self.teacher.item_emb, weight=float(p["ed_weight"]),
+                                          side=p["ed_side"], projector=p["projector"],
+                                          mlp_hidden=int(p["mlp_hidden"]), offset=bool(p["offset"]))
+
+    # ------------------------------------------------------------------ per step
+    def importance_weights(self, ctx: StepContext, cand, dist) -> torch.Tensor:
+        p = self.p
+        B, K = cand.shape
+        with torch.no_grad():
+            wp = weights.position_weights(K, p["beta"], device=cand.device) if p["use_position"] else None
+            wc = None
+            if p["use_confidence"]:
+                if p["confidence_source"] == "target":
+                    c = self.rows.extra["tconf"][ctx.row_id]
+                    wc = (c / K)[:, None].expand(B, K)
+                else:
+                    wc = weights.confidence_weights(dist, p["confidence_norm"], p["confidence_temperature"])
+            wo = None
+            if p["use_consistency"]:
+                wo = weights.consistency_weights(cand, weights.student_topk(ctx.full_scores, K))
+            return weights.combine(wp, wc, wo, p["gamma_p"], p["gamma_c"], p["gamma_o"],
+                                   row_normalise=p["row_normalise"], shape=(B, K)).to(ctx.state.dtype)
+
+    def loss(self, ctx: StepContext) -> dict[str, torch.Tensor]:
+        p = self.p
+        if self.rows is None or p["lam"] == 0:
+            return {}
+        cand, dist, cov = self.rows.rows(ctx.row_id)
+        official = p["variant"] == "official"
+        use_dro = official and self.ps is not None
+        need_full = p["use_consistency"] or use_dro
+        w = self.importance_weights(ctx, cand, dist)
+        pos = ctx.full_scores.gather(1, cand) if need_full else ctx.model.score_items(ctx.state, cand)
+        out: dict[str, torch.Tensor] = {}
+        if official:
+            neg = ctx.model.score_items(ctx.state, ctx.neg)
+            out["rd"] = p["lam"] * ranking.official_ranking_loss(pos, neg, w, cov)
+            if use_dro:
+                if self.ps.device != pos.device:
+                    self.ps = self.ps.to(pos.device)
+                dro = ranking.dro_candidate_terms(ctx.full_scores, cand, self.ps, p["dros_beta"])
+                out["rd_dro"] = p["lam"] * p["dros_alpha"] * ranking.official_dro_part(w, dro, cov)
+        else:
+            neg = ctx.model.score_items(ctx.state, ctx.neg) if p["neg_term"] else None
+            out["rd"] = p["lam"] * ranking.paper_ranking_loss(pos, w, cov, neg)
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        return {"strategy": self.registry_name, **self.p}
+
+
+register_strategy("dllm2rec")(DLLM2RecStrategy)
+
+
+@register_strategy("dllm2rec-paper")
+class DLLM2RecPaperStrategy(DLLM2RecStrategy):
+    overrides = {"variant": "paper"}
+
+
+@register_strategy("rank-only")
+class RankOnlyStrategy(DLLM2RecStrategy):
+    overrides = {"use_embedding": False}
+
+
+@register_strategy("embed-only")
+class EmbedOnlyStrategy(DLLM2RecStrategy):
+    overrides = {"use_ranking": False}
+
+
+register_strategy("rd")(RDStrategy)
+register_strategy("hint")(HintStrategy)
