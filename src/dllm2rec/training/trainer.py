@@ -178,7 +178,6 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "gen": self.gen.get_state(),
             "torch_rng": torch.get_rng_state(),
-            "np_rng": np.random.get_state()[1].copy(),
             "history_len": len(self.history),
         }
         with atomic_path(self.run_dir / "last" / "trainer_state.pt") as tmp:
