@@ -31,6 +31,7 @@ _PARTS = [
     ("dllm2rec.data.cli", data_app),
     ("dllm2rec.teachers.cli", teacher_app),
     ("dllm2rec.teachers.cli_artifacts", teacher_app),
+    ("dllm2rec.teachers.cli_llmemb", teacher_app),
     ("dllm2rec.training.cli", app),
     ("dllm2rec.distill.cli", app),
     ("dllm2rec.serving.cli", app),
