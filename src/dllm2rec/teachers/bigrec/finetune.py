@@ -209,7 +209,7 @@ def finetune(dataset, model_ref, out: str | Path, cfg: FinetuneConfig, resume: b
             loss = model(input_ids=ids, attention_mask=mask, labels=lab).loss
             k = int((lab[:, 1:] != -100).sum())
             (loss * k / max(ntok_all, 1)).backward()  # token-weighted over the accumulated micro-batches
-            loss_sum += float(loss) * k
+            loss_sum += float(loss.detach()) * k
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
