@@ -242,6 +242,7 @@ def run_bench(bundle: str | Path | None = None, *, backends: tuple[str, ...] = (
               echo: Callable[[str], None] = print) -> dict[str, Any]:
     from dllm2rec.serving.recommender import Recommender
 
+    old_threads = torch.get_num_threads()
     if threads:
         torch.set_num_threads(int(threads))
     tmp = None
@@ -254,6 +255,7 @@ def run_bench(bundle: str | Path | None = None, *, backends: tuple[str, ...] = (
         return _run(Path(bundle), backends, iters, batch, batch_iters, k, threads, http, requests, concurrency,
                     http_backend, teacher_model, teacher_requests, teacher_max_new_tokens, echo, Recommender)
     finally:
+        torch.set_num_threads(old_threads)
         if tmp is not None:
             tmp.cleanup()
 
