@@ -96,8 +96,8 @@ class DLLM2RecStrategy(Strategy):
         if p["use_ranking"] and p["variant"] == "official" and p["dros_alpha"]:
             from dllm2rec.training.losses import dros_propensity
 
-            if self.dataset is None:
-                raise ConfigError(f"{self.registry_name}: dros_alpha > 0 needs the dataset (item frequencies)")
+            if self.dataset is None:  # the caller sets self.ps (propensities) itself
+                return
             self.ps = dros_propensity(torch.from_numpy(self.dataset.item_counts("train")), p["dros_power"])
 
     def configure(self, run_cfg) -> None:
@@ -122,6 +122,8 @@ class DLLM2RecStrategy(Strategy):
     def importance_weights(self, ctx: StepContext, cand, dist) -> torch.Tensor:
         p = self.p
         B, K = cand.shape
+        # first use of ctx.full_scores must happen with grad enabled: the context caches it for the whole step
+        full = ctx.full_scores if p["use_consistency"] else None
         with torch.no_grad():
             wp = weights.position_weights(K, p["beta"], device=cand.device) if p["use_position"] else None
             wc = None
@@ -133,7 +135,7 @@ class DLLM2RecStrategy(Strategy):
                     wc = weights.confidence_weights(dist, p["confidence_norm"], p["confidence_temperature"])
             wo = None
             if p["use_consistency"]:
-                wo = weights.consistency_weights(cand, weights.student_topk(ctx.full_scores, K))
+                wo = weights.consistency_weights(cand, weights.student_topk(full, K))
             return weights.combine(wp, wc, wo, p["gamma_p"], p["gamma_c"], p["gamma_o"],
                                    row_normalise=p["row_normalise"], shape=(B, K)).to(ctx.state.dtype)
 
@@ -143,7 +145,9 @@ class DLLM2RecStrategy(Strategy):
             return {}
         cand, dist, cov = self.rows.rows(ctx.row_id)
         official = p["variant"] == "official"
-        use_dro = official and self.ps is not None
+        use_dro = official and bool(p["dros_alpha"])
+        if use_dro and self.ps is None:
+            raise ConfigError(f"{self.registry_name}: dros_alpha > 0 needs the dataset's item frequencies")
         need_full = p["use_consistency"] or use_dro
         w = self.importance_weights(ctx, cand, dist)
         pos = ctx.full_scores.gather(1, cand) if need_full else ctx.model.score_items(ctx.state, cand)
