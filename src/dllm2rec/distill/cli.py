@@ -113,8 +113,8 @@ def run_tune(config: Path | None, overrides: list[str], space: dict[str, tuple[s
         # test is recorded for the record only; it never feeds the search
         records.append({"trial": trial.number, "params": params, "value": value, "best_epoch": res["best_epoch"],
                         "run_dir": str(tr.run_dir)})
-        echo(f"trial {trial.number}: {', '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}' for k, v in params.items())}"
-             f"  -> {tr.select_key} {value:.4f} (epoch {res['best_epoch']})")
+        shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+        echo(f"trial {trial.number}: {shown}  -> {tr.select_key} {value:.4f} (epoch {res['best_epoch']})")
         return value
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -273,8 +273,9 @@ def register(app: typer.Typer) -> None:
         tm_raw = teacher_metrics_from_dir(spec) if Path(spec).is_dir() else {}
         tm = load_teacher_metrics_dict(tm_raw, ds.name)
         dirs = [s.run_dir for s in grid.runs()]
+        short = desc.split(" (")[0].split(" —")[0]
         rep = build_report(dirs, out, teacher_metrics=tm,
-                           title=f"DLLM2Rec demo on {ds.name} ({student}; teacher: {desc.split(' (')[0].split(' —')[0]})")
+                           title=f"DLLM2Rec demo on {ds.name} ({student}; teacher: {short})")
         typer.echo("[4/4] results\n")
         typer.echo(rep["markdown"].split("\n![")[0].rstrip())
         if not tm:
