@@ -34,3 +34,12 @@ def test_demo_quick_end_to_end(tiny_dataset_dir, tmp_path, monkeypatch):
     r2 = runner.invoke(app, ["demo", "--data", str(tiny_dataset_dir), "--quick", "--out", str(out),
                              "-o", "model.dim=8", "-o", "train.num_threads=1"])
     assert r2.exit_code == 0 and "3 finished, 0 to do" in r2.output
+
+    # why (not): teacher HR@K, overlap and gain on teacher-right rows, for the demo's runs
+    r3 = runner.invoke(app, ["analyze", str(out), "--data", str(tiny_dataset_dir), "--teacher", "synthetic",
+                             "--out", str(tmp_path / "why")])
+    assert r3.exit_code == 0, r3.output
+    res = json.loads((tmp_path / "why.json").read_text())
+    assert 0.0 <= res["teacher_hr"] <= 1.0 and len(res["runs"]) == 3
+    assert all(0.0 <= x["overlap"] <= 1.0 for x in res["runs"])
+    assert "where teacher right" in (tmp_path / "why.md").read_text()

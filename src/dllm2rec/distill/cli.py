@@ -177,6 +177,37 @@ def register(app: typer.Typer) -> None:
         typer.echo("\nwrote " + ", ".join(str(p) for p in rep["files"].values()))
 
     @app.command()
+    def analyze(
+        runs: list[str] = typer.Argument(..., help="run dirs / globs (their best/ checkpoints are loaded)"),
+        data: str = typer.Option(..., "--data", help="the runs' dataset (preset or prepared dir)"),
+        teacher: str = typer.Option(..., "--teacher", help="teacher-artifacts dir (or random / synthetic)"),
+        k: int = typer.Option(20, "--k"),
+        rows: int = typer.Option(20000, "--rows", help="sample at most this many covered train rows (0: all)"),
+        out: Optional[Path] = typer.Option(None, "--out", help="also write the table (Markdown) + JSON here"),
+    ) -> None:
+        """Why distillation helps or not: teacher HR@K, student-teacher top-K overlap, gain on teacher-right rows."""
+        from dllm2rec.evaluation.report import analysis_markdown, load_runs, teacher_student_analysis
+        from dllm2rec.experiments import load_dataset
+        from dllm2rec.training.trainer import load_teacher
+        from dllm2rec.config import load_config
+        from dllm2rec.utils.io import atomic_write_text
+
+        ds = load_dataset(data)
+        t = load_teacher(load_config(None, [f"distill.teacher={teacher}"]), ds)
+        found = load_runs(runs)
+        if not found:
+            from dllm2rec.errors import Dllm2recError
+
+            raise Dllm2recError(f"no finished runs under {', '.join(runs)}")
+        res = teacher_student_analysis(ds, t, found, k=k, max_rows=rows or None)
+        md = analysis_markdown(res)
+        typer.echo(md)
+        if out is not None:
+            atomic_write_text(out.with_suffix(".md"), md)
+            atomic_write_text(out.with_suffix(".json"), json.dumps(res, indent=2))
+            typer.echo(f"wrote {out.with_suffix('.md')}, {out.with_suffix('.json')}")
+
+    @app.command()
     def tune(
         config: Optional[Path] = typer.Option(None, "--config", "-c", help="base YAML config"),
         override: list[str] = typer.Option([], "--set", "-o", help="dotted override for every trial"),
