@@ -26,7 +26,8 @@ def run_and_data(tmp_path):
     torch.manual_seed(0)
     model = build_student("caser", N, max_len=L, dim=8)
     save_student(model, tmp_path / "run" / "best", meta={"dataset": ds.name, "dataset_fingerprint": ds.fingerprint(),
-                                                         "metrics": {"valid/full/NDCG@20": 0.5}})
+                                                         "metrics": {"valid/full/NDCG@20": 0.5},
+                                                         "config": {"data": {"path": str(tmp_path / "data")}}})
     return tmp_path / "run", tmp_path / "data"
 
 
@@ -42,6 +43,13 @@ def test_export_then_recommend(tmp_path, run_and_data):
         out = rec.recommend([[1, 2], ["Book 3"]], k=4)
         assert len(out) == 2 and all(len(o.ids) == 4 for o in out)
         assert out[1].titles[0].startswith("Book ")
+
+
+def test_export_defaults_to_the_runs_dataset(tmp_path, run_and_data):
+    run, _ = run_and_data
+    r = runner.invoke(app, ["export", str(run), "--out", str(tmp_path / "bundle")])
+    assert r.exit_code == 0, r.output
+    assert Recommender.load(tmp_path / "bundle").titles[3] == "Book 3"
 
 
 def test_export_errors_are_user_errors(tmp_path, run_and_data):
@@ -96,3 +104,16 @@ def test_bench_http_load_test_smoke(tmp_path):
     assert r.exit_code == 0, r.output
     h = json.loads((tmp_path / "b.json").read_text())["http"]
     assert h["errors"] == 0 and h["requests"] == 40
+
+
+def test_bench_teacher_timing_with_tiny_llama(tmp_path):
+    """The optional teacher timing on the project's tiny offline LLaMA (random weights; no hub download)."""
+    pytest.importorskip("transformers")
+    pytest.importorskip("tokenizers")
+    from dllm2rec.serving.bench import bench_teacher
+    from dllm2rec.teachers.bigrec.tiny import make_tiny_llama
+
+    path = make_tiny_llama(tmp_path / "llm")
+    r = bench_teacher(path, [[0, 1, 2], [3]], [f"Item {i}" for i in range(5)], n=2, max_new_tokens=3)
+    assert "skipped" not in r, r
+    assert r["requests"] == 2 and r["p50_ms"] > 0

@@ -111,8 +111,12 @@ def bench_recommender(rec, histories: list[list[int]], iters: int, batch: int, k
 
 # --------------------------------------------------------------------------------------------- teacher
 def bench_teacher(model_path: str | Path, histories: list[list[int]], titles: list[str], n: int = 3,
-                  max_new_tokens: int = 32) -> dict[str, Any]:
-    """Time ``n`` greedy generate calls of a local causal LM on BIGRec-style prompts; {'skipped': why} if not possible."""
+                  max_new_tokens: int = 32, num_beams: int = 1) -> dict[str, Any]:
+    """Time ``n`` generate calls of a local causal LM on BIGRec prompts; {'skipped': why} if not possible.
+
+    Greedy (``num_beams=1``) is a lower bound on the teacher's cost: BIGRec decodes with beams and then grounds
+    the generated title against every item title's embedding.
+    """
     path = Path(model_path)
     if not path.exists():
         return {"skipped": f"{path}: not found"}
@@ -122,7 +126,7 @@ def bench_teacher(model_path: str | Path, histories: list[list[int]], titles: li
         return {"skipped": "transformers is not installed (pip install 'dllm2rec[teacher]')"}
     try:
         tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-        lm = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, torch_dtype=torch.float32)
+        lm = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True).float()
     except Exception as e:  # noqa: BLE001 - any loading problem just skips the teacher timing
         return {"skipped": f"could not load {path}: {type(e).__name__}: {str(e)[:200]}"}
     lm.eval()
@@ -131,20 +135,30 @@ def bench_teacher(model_path: str | Path, histories: list[list[int]], titles: li
     times = []
     for i in range(n):
         h = histories[i % len(histories)]
-        prompt = ("Below is an instruction that describes a task, paired with an input that provides further "
-                  "context. Write a response that appropriately completes the request.\n\n### Instruction:\n"
-                  "Given a list of items the user has interacted with before, please recommend a new item that "
-                  "the user likes to the user.\n\n### Input:\nThe user has interacted with items "
-                  + ", ".join(f'"{titles[j]}"' for j in h) + " before.\n\n### Response:\n")
+        prompt = _teacher_prompt([titles[j] for j in h])
         enc = tok(prompt, return_tensors="pt")
         t = time.perf_counter()
         with torch.inference_mode():
-            lm.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                        pad_token_id=tok.pad_token_id)
+            lm.generate(**enc, max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens, do_sample=False,
+                        num_beams=num_beams, pad_token_id=tok.pad_token_id)
         times.append(time.perf_counter() - t)
     a = np.asarray(times)
-    return {"model": str(path), "requests": n, "max_new_tokens": max_new_tokens,
+    return {"model": str(path), "requests": n, "max_new_tokens": max_new_tokens, "num_beams": num_beams,
             "p50_ms": _pct(a, 50), "mean_ms": float(a.mean() * 1e3)}
+
+
+def _teacher_prompt(history_titles: list[str]) -> str:
+    """The BIGRec prompt (teachers.bigrec.prompts) when available, else the same template inline."""
+    try:
+        from dllm2rec.teachers.bigrec.prompts import build_prompt
+
+        return build_prompt("generic", history_titles)
+    except ImportError:
+        return ("Below is an instruction that describes a task, paired with an input that provides further context. "
+                "Write a response that appropriately completes the request.\n\n### Instruction:\nGiven a list of "
+                "items the user has interacted with before, please recommend a new item that the user likes to the "
+                "user.\n\n### Input:\nThe user has interacted with the following items before:"
+                + ", ".join(f'"{t}"' for t in history_titles) + "\n \n\n### Response:\n")
 
 
 # --------------------------------------------------------------------------------------------- HTTP
@@ -152,6 +166,15 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def _proc_cpu_s(pid: int) -> float | None:
+    """user+system CPU seconds of a process (Linux /proc), None elsewhere."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _wait_ready(url: str, proc: subprocess.Popen, timeout: float = 120.0) -> None:
@@ -218,7 +241,9 @@ def load_test(bundle: str | Path, histories: list[list[int]], requests: int = 10
         payloads = [{"history": h, "k": k} for h in histories]
         lat1, err1, _, _ = asyncio.run(_drive(url, payloads, single_client, 1)) if single_client else \
             (np.asarray([]), 0, 0.0, [])
+        cpu0 = _proc_cpu_s(proc.pid)
         lat, errs, wall, samples = asyncio.run(_drive(url, payloads, requests, concurrency))
+        cpu1 = _proc_cpu_s(proc.pid)
     finally:
         proc.terminate()
         try:
@@ -230,7 +255,9 @@ def load_test(bundle: str | Path, histories: list[list[int]], requests: int = 10
             "throughput_rps": requests / wall if wall else float("nan"), "wall_s": wall,
             "p50_ms": _pct(lat, 50), "p99_ms": _pct(lat, 99),
             "single_client_requests": single_client, "single_client_p50_ms": _pct(lat1, 50),
-            "single_client_p99_ms": _pct(lat1, 99), "server_backend": backend}
+            "single_client_p99_ms": _pct(lat1, 99), "server_backend": backend,
+            "server_cpu_ms_per_request": (cpu1 - cpu0) * 1e3 / requests if cpu0 is not None and cpu1 is not None
+            else None}
 
 
 # --------------------------------------------------------------------------------------------- driver
@@ -239,7 +266,7 @@ def run_bench(bundle: str | Path | None = None, *, backends: tuple[str, ...] = (
               iters: int = 2000, batch: int = 256, batch_iters: int = 20, k: int = 10, threads: int | None = 1,
               http: bool = True, requests: int = 10_000, concurrency: int = 8, http_backend: str = "torch",
               teacher_model: str | Path | None = None, teacher_requests: int = 3, teacher_max_new_tokens: int = 32,
-              echo: Callable[[str], None] = print) -> dict[str, Any]:
+              teacher_beams: int = 1, echo: Callable[[str], None] = print) -> dict[str, Any]:
     from dllm2rec.serving.recommender import Recommender
 
     old_threads = torch.get_num_threads()
@@ -253,7 +280,8 @@ def run_bench(bundle: str | Path | None = None, *, backends: tuple[str, ...] = (
                                   onnx="onnx" in backends)
     try:
         return _run(Path(bundle), backends, iters, batch, batch_iters, k, threads, http, requests, concurrency,
-                    http_backend, teacher_model, teacher_requests, teacher_max_new_tokens, echo, Recommender)
+                    http_backend, teacher_model, teacher_requests, teacher_max_new_tokens, teacher_beams, echo,
+                    Recommender)
     finally:
         torch.set_num_threads(old_threads)
         if tmp is not None:
@@ -261,7 +289,7 @@ def run_bench(bundle: str | Path | None = None, *, backends: tuple[str, ...] = (
 
 
 def _run(bundle, backends, iters, batch, batch_iters, k, threads, http, requests, concurrency, http_backend,
-         teacher_model, teacher_requests, teacher_max_new_tokens, echo, Recommender) -> dict[str, Any]:
+         teacher_model, teacher_requests, teacher_max_new_tokens, teacher_beams, echo, Recommender) -> dict[str, Any]:
     import platform
 
     base = Recommender.load(bundle, backend="torch", max_batch=batch)
@@ -286,7 +314,7 @@ def _run(bundle, backends, iters, batch, batch_iters, k, threads, http, requests
     for be in backends:
         try:
             t = time.perf_counter()
-            rec = Recommender.load(bundle, backend=be, max_batch=batch)
+            rec = Recommender.load(bundle, backend=be, max_batch=batch, threads=threads)
             setup = time.perf_counter() - t
         except Exception as e:  # noqa: BLE001 - a backend that does not work here is reported, not fatal
             res["student"][be] = {"skipped": f"{type(e).__name__}: {str(e)[:200]}"}
@@ -309,7 +337,7 @@ def _run(bundle, backends, iters, batch, batch_iters, k, threads, http, requests
              + ", ".join(f"{b} {v['throughput_ratio_floor_over_student']:.2f}x" for b, v in ok.items()))
     if teacher_model:
         titles = Recommender.load(bundle, backend="torch", max_batch=1).titles
-        tr = bench_teacher(teacher_model, hist, titles, teacher_requests, teacher_max_new_tokens)
+        tr = bench_teacher(teacher_model, hist, titles, teacher_requests, teacher_max_new_tokens, teacher_beams)
         res["teacher"] = tr
         if "skipped" in tr:
             echo(f"teacher: skipped ({tr['skipped']})")
@@ -318,7 +346,7 @@ def _run(bundle, backends, iters, batch, batch_iters, k, threads, http, requests
             sp = tr["p50_ms"] / ref["b1_p50_ms"] if ref else float("nan")
             tr["speedup_vs_student_eager"] = sp
             echo(f"teacher {Path(str(teacher_model)).name}: {tr['requests']} generate calls "
-                 f"(max_new_tokens={tr['max_new_tokens']}) p50 {tr['p50_ms']:.1f} ms -> student is {sp:,.0f}x faster")
+                 f"(max_new_tokens={tr['max_new_tokens']}, beams={tr['num_beams']}) p50 {tr['p50_ms']:.1f} ms -> student is {sp:,.0f}x faster")
     if http:
         echo(f"HTTP load test: {requests} requests, {concurrency} concurrent clients, backend {http_backend} ...")
         h = load_test(bundle, hist, requests, concurrency, http_backend, k, threads or 1,
@@ -331,6 +359,9 @@ def _run(bundle, backends, iters, batch, batch_iters, k, threads, http, requests
                  f"({h['single_client_requests']} requests)")
             echo(f"http {concurrency} clients: {h['throughput_rps']:.0f} req/s  p50 {h['p50_ms']:.2f} ms  "
                  f"p99 {h['p99_ms']:.2f} ms  errors {h['errors']}/{h['requests'] + h['single_client_requests']}")
+            if h.get("server_cpu_ms_per_request") is not None:
+                echo(f"server process CPU per request: {h['server_cpu_ms_per_request']:.2f} ms "
+                     f"(uvicorn + FastAPI + model; the httpx clients run in this process)")
             for s in h["error_samples"]:
                 echo(f"  error: {s}")
     return res

@@ -110,23 +110,40 @@ def _jsonable(x: Any) -> Any:
 
 
 # --------------------------------------------------------------------------------------------- export
+def _resolve_dataset(dataset: Any, meta: dict[str, Any], ckpt: Path):
+    from dllm2rec.data.schema import SeqDataset
+
+    if isinstance(dataset, SeqDataset):
+        return dataset
+    if dataset is None:
+        dataset = ((meta.get("config") or {}).get("data") or {}).get("path")
+        if not dataset:
+            raise Dllm2recError(f"{ckpt}: no dataset recorded in the checkpoint (meta.config.data.path); "
+                                f"pass --dataset")
+    try:
+        from dllm2rec.training.trainer import resolve_dataset  # prepared dir or preset name
+    except ImportError:
+        return SeqDataset.load(dataset)
+    return resolve_dataset(str(dataset))
+
+
 def export_bundle(source: str | Path, dataset: str | Path | Any, out: str | Path, *, which: str = "best",
                   onnx: bool = False, verify_dataset: bool = True, opset: int = 17) -> dict[str, Any]:
     """Write a serving bundle from a run dir or checkpoint dir; returns the manifest.
 
-    ``dataset`` is a prepared dataset directory or a ``SeqDataset`` (titles + fingerprint come from it). With
+    ``dataset`` is a prepared dataset directory (or preset name), a ``SeqDataset``, or ``None`` for the dataset
+    recorded in the checkpoint (``meta.config.data.path``); titles + fingerprint come from it. With
     ``verify_dataset`` the checkpoint's ``meta.dataset_fingerprint`` (when present) must match the dataset.
     """
     from safetensors.torch import save_file
 
-    from dllm2rec.data.schema import SeqDataset
     from dllm2rec.training.checkpoint import load_student
     from dllm2rec.utils.io import atomic_dir
 
     ckpt, run_dir = resolve_checkpoint(source, which)
-    ds = dataset if isinstance(dataset, SeqDataset) else SeqDataset.load(dataset)
     model, info = load_student(ckpt)
     meta = dict(info.get("meta") or {})
+    ds = _resolve_dataset(dataset, meta, ckpt)
     fp = ds.fingerprint()
     if model.n_items != ds.n_items:
         raise DataError(f"{ckpt}: the student scores {model.n_items} items but dataset '{ds.name}' has {ds.n_items}")

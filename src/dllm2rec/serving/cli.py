@@ -11,7 +11,9 @@ from dllm2rec.errors import Dllm2recError, MissingDependencyError
 
 def export(
     source: Path = typer.Argument(..., help="Run directory (uses best/, else last/) or a checkpoint directory."),
-    dataset: Path = typer.Option(..., "--dataset", "-d", help="Prepared dataset the model was trained on (titles)."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", "-d",
+                                          help="Prepared dataset dir or preset the model was trained on (titles); "
+                                               "default: the one recorded in the checkpoint's config."),
     out: Path = typer.Option(..., "--out", "-o", help="Bundle directory to write (replaced atomically)."),
     onnx: bool = typer.Option(False, "--onnx", help="Also export model.onnx (encoder+scorer) and check parity."),
     which: str = typer.Option("best", "--which", help="For a run directory: best or last checkpoint."),
@@ -90,6 +92,7 @@ def bench(
                                                  help="Local causal-LM directory to time generate() on (optional)."),
     teacher_requests: int = typer.Option(3, "--teacher-requests", help="Teacher generate calls to time."),
     teacher_max_new_tokens: int = typer.Option(32, "--teacher-max-new-tokens", help="Tokens per teacher call."),
+    teacher_beams: int = typer.Option(1, "--teacher-beams", help="Beams per teacher call (1 = greedy, a lower bound)."),
     json_out: Optional[Path] = typer.Option(None, "--json-out", help="Also write the results as JSON."),
 ) -> None:
     """Latency/throughput of the student (eager, TorchScript, ONNX) vs the matmul+topk floor, the teacher, and HTTP."""
@@ -108,7 +111,7 @@ def bench(
                     batch=batch, batch_iters=batch_iters, k=k, threads=threads or None, http=http,
                     requests=requests, concurrency=concurrency, http_backend=http_backend,
                     teacher_model=teacher_model, teacher_requests=teacher_requests,
-                    teacher_max_new_tokens=teacher_max_new_tokens, echo=typer.echo)
+                    teacher_max_new_tokens=teacher_max_new_tokens, teacher_beams=teacher_beams, echo=typer.echo)
     if json_out:
         dump(res, json_out)
         typer.echo(f"wrote {json_out}")
