@@ -182,3 +182,26 @@ def test_fold_hooks_in_place_equivalence():
         got = model(seq, lens)
     assert list(specs) == ["input_offset"]
     torch.testing.assert_close(got, ref)
+
+
+def test_folding_real_collaborative_embedding_hooks(tmp_path):
+    """The distillation's own hooks (teacher embeddings D=96 + projector) fold away; no teacher tensor ships."""
+    emb = pytest.importorskip("dllm2rec.distill.embedding")
+    ds = make_dataset()
+    torch.manual_seed(0)
+    model = build_student("sasrec", N, max_len=L, dim=16).eval()
+    z = torch.randn(N, 96)
+    model.input_offset = emb.TeacherInputOffset.from_artifacts(z, 16, weight=0.5, projector="mlp", mlp_hidden=32)
+    model.output_offset = emb.TeacherOutputOffset.from_artifacts(z, 16, weight=0.3)
+    save_student(model, tmp_path / "ck", meta={"dataset_fingerprint": ds.fingerprint()})
+    m = export_bundle(tmp_path / "ck", ds, tmp_path / "bundle")
+    assert m["folded_hooks"]["input_offset"]["type"] == "teacher-input-offset"
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "bundle" / "model.safetensors"), "pt") as f:
+        assert not [k for k in f.keys() if "teacher_emb" in k or "offset" in k]
+    sp = ds["test"]
+    with torch.no_grad():
+        ref = model(torch.from_numpy(sp.seq), torch.from_numpy(sp.len))
+    rec = Recommender.load(tmp_path / "bundle")
+    torch.testing.assert_close(rec.scores(sp.histories()), ref, atol=1e-5, rtol=1e-5)
