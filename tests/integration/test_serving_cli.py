@@ -102,6 +102,7 @@ def test_bench_http_load_test_smoke(tmp_path):
                             "--batch-iters", "1", "--backends", "torch", "--requests", "40", "--concurrency", "4",
                             "--json-out", str(tmp_path / "b.json")])
     assert r.exit_code == 0, r.output
+    assert "app in-process (ASGI, no socket)" in r.output
     h = json.loads((tmp_path / "b.json").read_text())["http"]
     assert h["errors"] == 0 and h["requests"] == 40
 

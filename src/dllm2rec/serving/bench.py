@@ -168,6 +168,44 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def bench_asgi(app, histories: list[list[int]], iters: int = 1000, k: int = 10) -> dict[str, float]:
+    """POST /recommend straight into the ASGI app (no socket, no HTTP client): the framework's own overhead."""
+    bodies = [json.dumps({"history": h, "k": k}).encode() for h in histories]
+
+    async def call(i: int) -> int:
+        body = bodies[i % len(bodies)]
+        msgs = [{"type": "http.request", "body": body, "more_body": False}]
+        status = []
+
+        async def receive():
+            return msgs.pop() if msgs else {"type": "http.disconnect"}
+
+        async def send(m):
+            if m["type"] == "http.response.start":
+                status.append(m["status"])
+
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+                 "scheme": "http", "path": "/recommend", "raw_path": b"/recommend", "query_string": b"",
+                 "root_path": "", "headers": [(b"content-type", b"application/json"),
+                                              (b"content-length", str(len(body)).encode())],
+                 "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}
+        await app(scope, receive, send)
+        return status[0]
+
+    async def run() -> tuple[np.ndarray, int]:
+        for i in range(20):
+            await call(i)
+        ts, bad = [], 0
+        for i in range(iters):
+            t = time.perf_counter()
+            bad += await call(i) != 200
+            ts.append(time.perf_counter() - t)
+        return np.asarray(ts), bad
+
+    ts, bad = asyncio.run(run())
+    return {"p50_ms": _pct(ts, 50), "p99_ms": _pct(ts, 99), "errors": bad, "requests": iters}
+
+
 def _proc_cpu_s(pid: int) -> float | None:
     """user+system CPU seconds of a process (Linux /proc), None elsewhere."""
     try:
@@ -348,6 +386,15 @@ def _run(bundle, backends, iters, batch, batch_iters, k, threads, http, requests
             echo(f"teacher {Path(str(teacher_model)).name}: {tr['requests']} generate calls "
                  f"(max_new_tokens={tr['max_new_tokens']}, beams={tr['num_beams']}) p50 {tr['p50_ms']:.1f} ms -> student is {sp:,.0f}x faster")
     if http:
+        try:
+            from dllm2rec.serving.app import create_app
+
+            a = bench_asgi(create_app(bundle, max_batch=batch), hist, min(iters, 2000), k)
+            res["asgi"] = a
+            echo(f"app in-process (ASGI, no socket): p50 {a['p50_ms']:.3f} ms  p99 {a['p99_ms']:.3f} ms  "
+                 f"errors {a['errors']}/{a['requests']}")
+        except ImportError as e:
+            echo(f"app in-process: skipped ({e})")
         echo(f"HTTP load test: {requests} requests, {concurrency} concurrent clients, backend {http_backend} ...")
         h = load_test(bundle, hist, requests, concurrency, http_backend, k, threads or 1,
                       single_client=min(500, requests))
