@@ -81,7 +81,7 @@ def bench(
                                  help="Comma-separated: torch, torchscript, compile (slow to compile), onnx."),
     iters: int = typer.Option(2000, "--iters", help="Batch-1 requests per backend."),
     batch: int = typer.Option(256, "--batch", help="Throughput batch size."),
-    batch_iters: int = typer.Option(20, "--batch-iters", help="Timed batches per backend."),
+    batch_iters: int = typer.Option(30, "--batch-iters", help="Timed batches per backend."),
     k: int = typer.Option(10, "--k", help="Top-k."),
     threads: int = typer.Option(1, "--threads", help="torch intra-op threads (0 = leave the default)."),
     http: bool = typer.Option(True, "--http/--no-http", help="Run the loopback HTTP load test."),
