@@ -212,6 +212,51 @@ def load_dataset(path_or_name: str):
     return load_or_prepare(path_or_name)
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def acquire(spec: RunSpec) -> bool:
+    """Claim a run directory for this process (``.lock`` with our pid); False if a live process holds it.
+
+    Lets several ``experiment`` invocations (shells, machines sharing the filesystem) work on one grid without
+    training the same cell twice. A lock left by a dead process is taken over.
+    """
+    spec.run_dir.mkdir(parents=True, exist_ok=True)
+    lock = spec.run_dir / ".lock"
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                pid = int(lock.read_text().strip() or 0)
+            except (OSError, ValueError):
+                pid = 0
+            if pid and pid != os.getpid() and _pid_alive(pid):
+                return False
+            lock.unlink(missing_ok=True)
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        return True
+    return False
+
+
+def release(spec: RunSpec) -> None:
+    lock = spec.run_dir / ".lock"
+    try:
+        if int(lock.read_text().strip() or 0) == os.getpid():
+            lock.unlink()
+    except (OSError, ValueError):
+        pass
+
+
 def run_grid(grid: GridSpec, log: Callable[[str], None] = print, quiet: bool | None = True) -> dict[str, Any]:
     """Run every unfinished cell of the grid; returns counts and the failed runs (a failure does not stop the rest)."""
     specs = grid.runs()
@@ -223,6 +268,11 @@ def run_grid(grid: GridSpec, log: Callable[[str], None] = print, quiet: bool | N
         cache: dict[str, Any] = {}
         for i, s in enumerate(todo, 1):
             t1 = time.perf_counter()
+            if s.done:
+                continue
+            if not acquire(s):
+                log(f"[{i}/{len(todo)}] {s.run_dir}: another process is training it; skipped")
+                continue
             log(f"[{i}/{len(todo)}] {s.run_dir}" + (" (resuming)" if grid.resume and s.started else ""))
             try:
                 res = run_one(s, grid.config, grid.resume, quiet=quiet, dataset_cache=cache)
@@ -230,6 +280,8 @@ def run_grid(grid: GridSpec, log: Callable[[str], None] = print, quiet: bool | N
                 failed.append((str(s.run_dir), str(e)))
                 log(f"    failed: {e}")
                 continue
+            finally:
+                release(s)
             _log_result(log, res, time.perf_counter() - t1)
     else:
         failed = _run_parallel(todo, grid, log)
@@ -259,6 +311,11 @@ def _run_parallel(todo: list[RunSpec], grid: GridSpec, log: Callable[[str], None
         while pending and len(running) < grid.jobs:
             s = pending.pop(0)
             i += 1
+            if s.done:
+                continue
+            if not acquire(s):
+                log(f"[{i}/{len(todo)}] {s.run_dir}: another process is training it; skipped")
+                continue
             _write_experiment_json(s, grid.config)
             fh = open(s.run_dir / "train.out", "a", encoding="utf-8")
             p = subprocess.Popen(_train_cmd(s, grid.config, grid.resume and s.started), stdout=fh,
@@ -273,6 +330,7 @@ def _run_parallel(todo: list[RunSpec], grid: GridSpec, log: Callable[[str], None
                 still.append((s, p, fh, t1))
                 continue
             fh.close()
+            release(s)
             if rc == 0 and s.done:
                 res = json.loads((s.run_dir / "results.json").read_text(encoding="utf-8"))
                 log(f"    done {s.run_dir}")

@@ -127,3 +127,25 @@ def test_tune_space_parsing():
     for bad in ["x", "x=1:0", "x=a:b", "x=1:2:3"]:
         with pytest.raises(ConfigError):
             parse_space([bad])
+
+
+def test_experiment_skips_cells_locked_by_a_live_process(tiny_dataset_dir, tmp_path):
+    import subprocess
+    import sys
+
+    from dllm2rec.experiments import GridSpec, run_grid
+
+    ov = ["train.epochs=1", "model.dim=8", "train.num_threads=1", "train.ks=[10,20]"]
+    grid = GridSpec(data=[str(tiny_dataset_dir)], students=["sasrec", "gru4rec"], methods=["none"], seeds=[0],
+                    out=tmp_path / "exp", overrides=ov)
+    busy, stale = grid.runs()
+    busy.run_dir.mkdir(parents=True)
+    (busy.run_dir / ".lock").write_text("1")                   # pid 1 is alive: someone else trains this cell
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale.run_dir.mkdir(parents=True)
+    (stale.run_dir / ".lock").write_text(dead.stdout.strip())   # its process is gone: taken over
+    logs: list[str] = []
+    res = run_grid(grid, log=logs.append)
+    assert not busy.done and stale.done
+    assert any("another process is training it" in m for m in logs)
+    assert not (stale.run_dir / ".lock").exists() and res["finished"] == 1

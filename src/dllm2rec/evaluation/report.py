@@ -585,8 +585,8 @@ def plot_bars(groups: list[Group], path: str | Path, metric: str = "NDCG@20",
         ax.grid(axis="y", alpha=0.3)
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
-    fig.suptitle(f"Test {metric}: student vs distilled vs teacher\n(valid-selected epoch; error bars: 95% CI over seeds)",
-                 fontsize=10)
+    fig.suptitle(f"Test {metric}: student vs distilled vs teacher\n"
+                 "(valid-selected epoch; error bars: 95% CI over seeds)", fontsize=10)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
