@@ -135,3 +135,22 @@ def test_onnx_backend_app(bundle):
         a = c.post("/recommend", json={"history": [1, 2], "k": 4}).json()
         assert c.get("/healthz").json()["backend"] == "onnx"
     assert a["ids"] == Recommender.load(bundle).recommend_one([1, 2], k=4).ids
+
+
+def test_history_length_cap_and_internal_errors_are_contained(bundle):
+    rec = Recommender.load(bundle)
+    app = create_app(rec, max_batch=4, max_history_len=3)
+    with TestClient(app, raise_server_exceptions=False) as c:
+        r = c.post("/recommend", json={"history": [1, 2, 3, 4]})
+        assert r.status_code == 413 and r.json()["field"] == "history"
+        r = c.post("/recommend", json={"histories": [[1], [1, 2, 3, 4]]})
+        assert r.status_code == 413 and r.json()["field"] == "histories[1]"
+
+        def boom(*a, **k):
+            raise RuntimeError("secret internals")
+
+        rec.recommend_one = boom  # an unexpected failure inside the model call
+        r = c.post("/recommend", json={"history": [1]})
+        assert r.status_code == 500 and r.json()["error"] == "internal error: RuntimeError"
+        assert "secret" not in r.text
+        assert c.get("/healthz").status_code == 200
