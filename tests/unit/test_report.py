@@ -140,3 +140,13 @@ def test_no_runs_is_a_clear_error(tmp_path):
 
     with pytest.raises(Dllm2recError, match="no results.json"):
         R.build_report([tmp_path / "nothing"], tmp_path / "out")
+
+
+def test_teacher_metrics_from_artifacts_manifest(tmp_path):
+    (tmp_path / "manifest.json").write_text(json.dumps({
+        "teacher": "llm-emb", "teacher_valid": {"valid/full/NDCG@20": 0.11},
+        "teacher_test": {"test/full/NDCG@20": 0.12, "test/full/HR@20": 0.3}}))
+    tm = R.teacher_metrics_from_dir(tmp_path)
+    assert R._find_metric(tm, "test", "NDCG@20") == 0.12
+    assert R._find_metric(tm, "valid", "NDCG@20") == 0.11
+    assert R._find_metric(tm, "test", "HR@20") == 0.3

@@ -150,7 +150,12 @@ def find_teacher(dataset_name: str, teacher: str | None) -> tuple[str, str]:
         return teacher, f"teacher artifacts {teacher}"
     shipped = SHIPPED_TEACHERS / dataset_name
     if (shipped / "manifest.json").is_file():
-        return str(shipped), f"shipped LLM-teacher artifacts {shipped}"
+        try:
+            man = json.loads((shipped / "manifest.json").read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            man = {}
+        what = man.get("label") or man.get("teacher") or "LLM teacher"
+        return str(shipped), f"shipped teacher artifacts {shipped} ({what})"
     return "synthetic", (f"SYNTHETIC teacher — no LLM-teacher artifacts at {shipped} yet. A noisy oracle that knows "
                          "the true next item; NOT an LLM: it shows the mechanism works, not what an LLM teacher gives")
 

@@ -472,6 +472,11 @@ def teacher_metrics_from_dir(teacher_dir: str | Path | None) -> dict[str, Any]:
         for key in ("metrics", "eval", "evaluation"):
             if isinstance(man.get(key), dict):
                 return man[key]
+        # llm-emb teacher: teacher_valid / teacher_test
+        split_metrics = {sp: man[f"teacher_{sp}"] for sp in ("valid", "test")
+                         if isinstance(man.get(f"teacher_{sp}"), dict)}
+        if split_metrics:
+            return split_metrics
     return {}
 
 
