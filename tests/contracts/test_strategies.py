@@ -128,7 +128,7 @@ def test_input_offset_projects_unique_ids_and_is_zero_at_pad(ds, teacher):
 def test_trainer_runs_with_control_teachers(ds, teacher_spec, tmp_path):
     cfg = RunConfig.model_validate({
         "model": {"name": "gru4rec", "dim": 16},
-        "train": {"epochs": 1, "batch_size": 64, "ks": [10]},
+        "train": {"epochs": 1, "batch_size": 64, "ks": [20]},
         "loss": {"dros_alpha": 0.5},
         "distill": {"strategy": "dllm2rec", "teacher": teacher_spec, "params": {"dros_alpha": 0.5}}})
     res = Trainer(cfg, ds, run_dir=tmp_path / "run", quiet=True).fit()

@@ -47,19 +47,18 @@ def dro_candidate_terms(full_scores: torch.Tensor, candidates: torch.Tensor, ps:
     """[B, K]: the DROS loss of each row with candidate c_k as the positive, all K at once.
 
     dro_bk = log( Σ_j e^{ps_j ŷ_j²/β} − e^{ps_c ŷ_c²/β} + e^{ps_c (ŷ_c−1)²/β} ), c = c_bk  (spec §1.2.4).
-    The row sum is computed once (float64, shifted by the row max), then corrected per candidate — the official
-    script recomputes the full [B, N] sum once per candidate.
+    The row's logsumexp is computed once over [B, N] (one fused kernel), then corrected per candidate in float64 on
+    [B, K] only: dro = lse + log(1 − e^{a_c − lse} + e^{b_c − lse}). The official script recomputes the full float64
+    [B, N] sum once per candidate.
     """
-    s = full_scores.to(torch.float64)
-    p = ps.to(torch.float64)
-    a = p[None, :] * s.pow(2) / beta  # [B, N]
-    m = a.detach().amax(dim=1, keepdim=True)
-    tot = torch.exp(a - m).sum(dim=1, keepdim=True)  # [B, 1]
-    ac = a.gather(1, candidates)  # [B, K]
-    yc = s.gather(1, candidates)
-    bc = p[candidates] * (yc - 1.0).pow(2) / beta
-    inner = tot - torch.exp(ac - m) + torch.exp(bc - m)
-    return (m + torch.log(inner.clamp_min(1e-300))).to(full_scores.dtype)
+    a = (ps.to(full_scores.dtype) / beta)[None, :] * full_scores.pow(2)  # [B, N]
+    lse = torch.logsumexp(a, dim=1, keepdim=True).to(torch.float64)  # [B, 1]
+    p64 = ps.to(torch.float64)
+    yc = full_scores.gather(1, candidates).to(torch.float64)  # [B, K]
+    ac = p64[candidates] * yc.pow(2) / beta
+    bc = p64[candidates] * (yc - 1.0).pow(2) / beta
+    inner = 1.0 - torch.exp(ac - lse) + torch.exp(bc - lse)
+    return (lse + torch.log(inner.clamp_min(1e-300))).to(full_scores.dtype)
 
 
 def official_dro_part(w: torch.Tensor, dro: torch.Tensor, covered: torch.Tensor | None = None) -> torch.Tensor:

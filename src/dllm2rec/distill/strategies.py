@@ -53,6 +53,7 @@ DLLM2REC_DEFAULTS: dict[str, Any] = {
     "mlp_hidden": 256,
     "ed_side": "input",             # input (paper/official) | output (extension) | both
     "offset": True,                 # false: "w/o offset", e = g(z), ID embedding zeroed and frozen
+    "ed_precision": "auto",         # auto: bfloat16 table + autocast projector when D >= 1024, else float32
 }
 
 
@@ -116,7 +117,8 @@ class DLLM2RecStrategy(Strategy):
         if p["use_embedding"] and (p["ed_weight"] != 0 or not p["offset"]):
             attach_embedding_distillation(model, self.teacher.item_emb, weight=float(p["ed_weight"]),
                                           side=p["ed_side"], projector=p["projector"],
-                                          mlp_hidden=int(p["mlp_hidden"]), offset=bool(p["offset"]))
+                                          mlp_hidden=int(p["mlp_hidden"]), offset=bool(p["offset"]),
+                                          precision=p["ed_precision"])
 
     # ------------------------------------------------------------------ per step
     def importance_weights(self, ctx: StepContext, cand, dist) -> torch.Tensor:
