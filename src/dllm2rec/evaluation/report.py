@@ -376,7 +376,13 @@ def markdown_table(groups: list[Group], metrics: tuple[str, ...] = ("NDCG@20", "
     for m in metrics:
         head += [f"test {m} (mean ± 95% CI)", f"test {m} (mean ± std)"]
     head += [f"valid {m}" for m in metrics]
-    head += ["Δ test NDCG@20 vs none", "Δ vs random-teacher control", "best epoch", "s/epoch"]
+    labels_at = {}
+    for g in groups:
+        labels_at.setdefault((g.dataset, g.student), set()).add(g.label)
+    show_base = any("none" in ls and len(ls) > 1 for ls in labels_at.values())
+    show_ctl = any(CONTROL_LABEL in ls and len(ls) > 1 for ls in labels_at.values())
+    head += (["Δ test NDCG@20 vs none"] if show_base else []) + (["Δ vs random-teacher control"] if show_ctl else [])
+    head += ["best epoch", "s/epoch"]
     lines.append("| " + " | ".join(head) + " |")
     lines.append("|" + "|".join(["---"] * 3 + ["---:"] * (len(head) - 3)) + "|")
     capped = False
@@ -394,7 +400,8 @@ def markdown_table(groups: list[Group], metrics: tuple[str, ...] = ("NDCG@20", "
         for m in metrics:
             row += [g.stats[f"test/{m}"].fmt("ci"), g.stats[f"test/{m}"].fmt("std")]
         row += [g.stats[f"valid/{m}"].fmt("std") for m in metrics]
-        row += [_delta(g, base, "test/NDCG@20"), _delta(g, ctl, "test/NDCG@20")]
+        row += ([_delta(g, base, "test/NDCG@20")] if show_base else []) \
+            + ([_delta(g, ctl, "test/NDCG@20")] if show_ctl else [])
         be = g.stats["best_epoch"]
         row += [f"{be.mean:.1f}" + (f" ± {be.std:.1f}" if not math.isnan(be.std) else "") + mark]
         spe = g.stats["seconds_per_epoch"]
@@ -409,7 +416,7 @@ def markdown_table(groups: list[Group], metrics: tuple[str, ...] = ("NDCG@20", "
             for m in metrics:
                 v = _find_metric(tm, "valid", m)
                 row += ["–" if v is None else f"{v:.4f}"]
-            row += ["–", "–", "–", "–"]
+            row += ["–"] * (2 + show_base + show_ctl)
             lines.append("| " + " | ".join(row) + " |")
     lines.append("")
     if capped:
