@@ -134,3 +134,24 @@ def test_trainer_runs_with_control_teachers(ds, teacher_spec, tmp_path):
     res = Trainer(cfg, ds, run_dir=tmp_path / "run", quiet=True).fit()
     assert np.isfinite(res["test"][next(iter(res["test"]))])
     assert res["strategy"]["strategy"] == "dllm2rec"
+
+
+def test_llm_sized_teacher_uses_bf16_table_and_round_trips(ds, tmp_path):
+    big = make_control("random:1024", ds, seed=0)
+    model = build_student("sasrec", ds.n_items, max_len=ds.max_len, dim=16)
+    strat = get_strategy("dllm2rec")({}, ds, big)
+    strat.attach(model)
+    assert model.input_offset.teacher_emb.dtype == torch.bfloat16
+    model.train()
+    _, terms = _step(model, strat, ds, np.arange(16))
+    sum(terms.values()).backward()
+    assert model.input_offset.proj.weight.grad is not None
+    assert model.input_offset.proj.weight.dtype == torch.float32
+    save_student(model, tmp_path / "ck")
+    model.eval()
+    loaded, info = load_student(tmp_path / "ck")
+    assert info["hooks"]["input_offset"]["precision"] == "bfloat16"
+    tr = ds["train"]
+    with torch.no_grad():
+        assert torch.equal(model(torch.tensor(tr.seq[:8]), torch.tensor(tr.len[:8])),
+                           loaded(torch.tensor(tr.seq[:8]), torch.tensor(tr.len[:8])))
