@@ -149,7 +149,10 @@ def test_cli_fit_llmemb(ds, tmp_path):
     ds.save(tmp_path / "data")
     res = CliRunner().invoke(app, ["fit-llmemb", str(tmp_path / "data"), "--out", str(tmp_path / "art"),
                                    "--encoder", "random", "--epochs", "1", "--dim", "16", "--layers", "1",
-                                   "--top-n", "5"])
+                                   "--top-n", "5", "--model-dir", str(tmp_path / "model")])
     assert res.exit_code == 0, res.output
     art = TeacherArtifacts.load(tmp_path / "art", ds)
     assert art.top_n == 5 and art.manifest["teacher"] == "llm-emb"
+    # the saved full model reproduces the artifacts' rankings
+    t = LLMEmbTeacher.load_model(tmp_path / "model", ds)
+    np.testing.assert_array_equal(t.topk(ds, "train", n=5), art.topk_ids)

@@ -20,7 +20,7 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(..., "--out", help="Artifacts directory to write (artifacts.safetensors + manifest.json)."),
         encoder: str = typer.Option("minilm", help="Frozen title encoder: minilm | smollm2 | random."),
         epochs: int = typer.Option(40, help="Maximum epochs (early stopping on validation NDCG@20)."),
-        patience: int = typer.Option(4, help="Epochs without a validation NDCG@20 gain before stopping."),
+        patience: int = typer.Option(3, help="Epochs without a validation NDCG@20 gain before stopping."),
         top_n: int = typer.Option(20, "--top-n", help="Items ranked per training row in the artifacts."),
         seed: int = typer.Option(0),
         dim: int = typer.Option(64, help="Transformer / adapter width d."),
@@ -30,13 +30,15 @@ def register(app: typer.Typer) -> None:
         lr: float = typer.Option(1e-3),
         weight_decay: float = typer.Option(0.01),
         batch_size: int = typer.Option(256),
-        id_emb: bool = typer.Option(True, "--id-emb/--no-id-emb",
+        id_emb: bool = typer.Option(False, "--id-emb/--no-id-emb",
                                     help="Add a learned per-item ID embedding to the adapted title embedding."),
         all_positions: bool = typer.Option(False, "--all-positions/--last-position",
                                            help="Cross-entropy at every prefix position, or at the last one only."),
         mask_history: str = typer.Option("auto", help="Mask history items when ranking: auto (chosen on validation) | on | off."),
         cv_folds: int = typer.Option(0, help="K >= 2: score training rows by K-fold cross-fitting; 0 = in-sample."),
         threads: int = typer.Option(1, help="torch threads (keep 1 on shared machines)."),
+        model_dir: Path = typer.Option(None, "--model-dir",
+                                       help="Also save the trained full model here (for benchmarks / scoring)."),
     ) -> None:
         """Train the LLM-embedding sequential teacher (llm-emb, NOT BIGRec) and write validated artifacts."""
         from dllm2rec.data.schema import SeqDataset
@@ -48,7 +50,8 @@ def register(app: typer.Typer) -> None:
                            epochs=epochs, patience=patience, mask_history=mask_history, cv_folds=cv_folds,
                            top_n=top_n, seed=seed, threads=threads)
         command = "dllm2rec " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-        _, art = fit_and_save(ds, out, cfg, log=lambda m: typer.echo(m, err=True), command=command)
+        _, art = fit_and_save(ds, out, cfg, log=lambda m: typer.echo(m, err=True), model_dir=model_dir,
+                              command=command)
         m = art.manifest
         summary = {"out": str(out), "teacher": m["teacher"], "encoder": m["encoder"], "rows": art.n_rows,
                    "top_n": art.top_n, "mask_history": m["mask_history"], "train_row_scoring": m["train_row_scoring"],

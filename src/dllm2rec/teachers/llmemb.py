@@ -49,14 +49,14 @@ class LLMEmbConfig:
     n_layers: int = 2
     n_heads: int = 2
     dropout: float = 0.2
-    id_emb: bool = True
+    id_emb: bool = False           # pure LLM-embedding items by default (see docs/llm_emb_teacher.md)
     item_bias: bool = True
     all_positions: bool = False   # CE at every prefix position too (SASRec-style) instead of the last one only
     lr: float = 1e-3
     weight_decay: float = 0.01
     batch_size: int = 256
     epochs: int = 40
-    patience: int = 4
+    patience: int = 3
     mask_history: str = "auto"    # "auto" (chosen on validation) | "on" | "off"
     cv_folds: int = 0             # 0/1: score training rows with the full model; K >= 2: K-fold cross-fitting
     top_n: int = 20
@@ -342,6 +342,53 @@ class LLMEmbTeacher:
                                   batch=self.cfg.eval_batch)
         return ids
 
+    # ------------------------------------------------------------------ persistence (the full model only)
+    def save_model(self, path, dataset=None) -> None:
+        """Write the trained full model (``model.safetensors`` + ``teacher.json``) for later scoring/benchmarks."""
+        import json
+        from pathlib import Path
+
+        from safetensors.torch import save_file
+
+        from dllm2rec.utils.io import atomic_dir
+
+        self._need_model()
+        meta = {"teacher": TEACHER_NAME, "kind": TEACHER_KIND, "config": asdict(self.cfg), "mask": bool(self.mask),
+                "n_items": self.model.n_items, "max_len": self.model.max_len, "title_dim": int(self.title_emb.shape[1]),
+                "info": self.info}
+        if dataset is not None:
+            meta["dataset_fingerprint"] = dataset.fingerprint()
+        with atomic_dir(Path(path)) as tmp:
+            state = {k: v.contiguous() for k, v in self.model.state_dict().items()}
+            save_file(state, str(tmp / "model.safetensors"))
+            (tmp / "teacher.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
+
+    @classmethod
+    def load_model(cls, path, dataset=None) -> "LLMEmbTeacher":
+        import json
+        from pathlib import Path
+
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        meta = json.loads((path / "teacher.json").read_text(encoding="utf-8"))
+        if dataset is not None and meta.get("dataset_fingerprint") not in (None, dataset.fingerprint()):
+            raise ConfigError(f"{path}: teacher trained on dataset {meta['dataset_fingerprint']}, "
+                              f"not {dataset.fingerprint()}")
+        t = cls(LLMEmbConfig(**meta["config"]))
+        state = load_file(str(path / "model.safetensors"))
+        c = t.cfg
+        t.model = LLMEmbSeqModel(np.zeros((meta["n_items"], meta["title_dim"]), np.float32), meta["max_len"], c.dim,
+                                 c.n_layers, c.n_heads, c.dropout, c.id_emb, c.item_bias)
+        t.model.load_state_dict(state)
+        t.model.eval()
+        t.mask, t.info = bool(meta["mask"]), meta.get("info", {})
+        if dataset is not None:
+            from dllm2rec.teachers.encoders import encode_titles
+
+            t.title_emb = encode_titles(dataset.titles, c.encoder)
+        return t
+
     def _need_model(self) -> None:
         if self.model is None:
             raise ConfigError("the llm-emb teacher is not trained; call fit(dataset) first")
@@ -394,11 +441,15 @@ class LLMEmbTeacher:
         return art.validate(dataset)
 
 
-def fit_and_save(dataset, out, config: LLMEmbConfig, log: Callable[[str], None] | None = None, **extra):
-    """Train the teacher on ``dataset``, write validated artifacts to ``out``; return (teacher, artifacts)."""
+def fit_and_save(dataset, out, config: LLMEmbConfig, log: Callable[[str], None] | None = None, model_dir=None,
+                 **extra):
+    """Train the teacher on ``dataset``, write validated artifacts to ``out`` (and the full model to ``model_dir``
+    when given); return (teacher, artifacts)."""
     t0 = time.time()
     teacher = LLMEmbTeacher(config).fit(dataset, log=log)
     art = teacher.artifacts(dataset, **extra)
     art.manifest["total_seconds"] = round(time.time() - t0, 1)
     art.save(out, dataset)
+    if model_dir is not None:
+        teacher.save_model(model_dir, dataset)
     return teacher, art
