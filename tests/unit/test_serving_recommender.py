@@ -136,6 +136,11 @@ def test_faiss_index_matches_exact(bundle, rec):
     f = Recommender.load(bundle, index="faiss")
     hs = [[1, 2, 3], [7]]
     assert [r.ids for r in f.recommend(hs, k=5)] == [r.ids for r in rec.recommend(hs, k=5)]
+    np.testing.assert_allclose([r.scores for r in f.recommend(hs, k=5)], [r.scores for r in rec.recommend(hs, k=5)],
+                               rtol=1e-4)
+    h = Recommender.load(bundle, index="faiss", faiss_kind="hnsw")  # approximate: valid, excluded, k long
+    for r, hist in zip(h.recommend(hs, k=5), hs):
+        assert len(r.ids) == 5 and not set(r.ids) & set(hist)
 
 
 def test_faiss_missing_is_a_clear_error(bundle):
