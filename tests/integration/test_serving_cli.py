@@ -81,6 +81,8 @@ def test_serve_builds_the_app(tmp_path, run_and_data, monkeypatch):
         assert c.post("/recommend", json={"histories": [[1]] * 3}).status_code == 413
     r = runner.invoke(app, ["serve", str(tmp_path / "bundle"), "--backend", "tpu"])
     assert r.exit_code != 0 and "--backend" in str(r.exception)
+    r = runner.invoke(app, ["serve", str(tmp_path / "bundle"), "--index", "annoy"])
+    assert r.exit_code != 0 and "--index" in str(r.exception)
 
 
 def test_bench_smoke(tmp_path):

@@ -49,6 +49,7 @@ def serve(
     max_batch: int = typer.Option(256, "--max-batch", help="Largest batch accepted by POST /recommend."),
     threads: Optional[int] = typer.Option(1, "--threads",
                                           help="torch/onnxruntime intra-op threads (1 = lowest latency per request)."),
+    index: str = typer.Option("exact", "--index", help="exact top-k, or faiss (inner-product index; needs faiss-cpu)."),
     log_level: str = typer.Option("info", "--log-level", help="uvicorn log level."),
     access_log: bool = typer.Option(False, "--access-log/--no-access-log", help="Log every request."),
 ) -> None:
@@ -66,7 +67,9 @@ def serve(
         raise Dllm2recError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     if max_batch < 1:
         raise Dllm2recError(f"--max-batch must be >= 1, got {max_batch}")
-    app = create_app(bundle, backend=backend, max_batch=max_batch, threads=threads)
+    if index not in ("exact", "faiss"):
+        raise Dllm2recError(f"--index must be exact or faiss, got {index!r}")
+    app = create_app(bundle, backend=backend, max_batch=max_batch, threads=threads, index=index)
     typer.echo(f"serving {bundle} ({backend}) on http://{host}:{port}  (docs: http://{host}:{port}/docs)", err=True)
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=access_log)
 
