@@ -8,7 +8,8 @@ the last L items are encoded, as in training. ``exclude_history`` removes every 
 from the candidates. Exact top-k over all N items by default; ``index="faiss"`` uses a faiss inner-product index
 over the same item matrix (optional, for large catalogues).
 
-Latency: inputs go into preallocated numpy/torch buffers, scores into a preallocated [max_batch, N] buffer, the
+Latency: inputs go into preallocated numpy/torch buffers, scores into a reused [B, N] buffer (grown on demand; batches
+are chunked so it stays under ~256 MB even for million-item catalogues), the
 folded item matrix is cached, and everything runs under ``torch.inference_mode()``; a lock makes the shared
 buffers safe when a Recommender is called from several threads.
 """
@@ -92,7 +93,10 @@ class Recommender:
         self.n_items = int(model.n_items)
         self.max_len = int(model.max_len)
         self.pad = self.n_items
-        self.max_batch = int(max_batch)
+        if int(max_batch) < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        # rows per model call: at most max_batch, and at most ~64M scores (256 MB float32) per call
+        self.max_batch = max(1, min(int(max_batch), (1 << 26) // max(self.n_items, 1)))
         if len(titles) != self.n_items:
             raise ValueError(f"titles has {len(titles)} entries but the student scores {self.n_items} items")
         self.titles = list(titles)
@@ -111,7 +115,7 @@ class Recommender:
         self._lens_np = np.ones(self.max_batch, dtype=np.int64)
         self._seq_t = torch.from_numpy(self._seq_np)
         self._lens_t = torch.from_numpy(self._lens_np)
-        self._scores = torch.empty(self.max_batch, self.n_items, dtype=self.weight.dtype)
+        self._scores = torch.empty(1, self.n_items, dtype=self.weight.dtype)  # grown to the largest batch seen
 
         self._scripted = None
         self._onnx = None
@@ -125,7 +129,7 @@ class Recommender:
             from dllm2rec.serving.onnx_export import OnnxScorer, onnx_bytes
 
             src = onnx_model if onnx_model is not None else onnx_bytes(model)
-            self._onnx = OnnxScorer(src, self.n_items, max_batch=self.max_batch, threads=threads)
+            self._onnx = OnnxScorer(src, self.n_items, max_batch=1, threads=threads)  # output buffer grows
         self.index = None
         if index == "faiss":
             if backend == "onnx":
@@ -231,6 +235,8 @@ class Recommender:
         if self._scripted is not None:
             return self._scripted(seq, lens)
         h = self.model.encode(seq, lens)
+        if B > self._scores.shape[0]:
+            self._scores = torch.empty(B, self.n_items, dtype=self.weight.dtype)
         return torch.addmm(self.bias, h, self._weight_t, out=self._scores[:B])
 
     def scores(self, histories: Iterable[Any]) -> torch.Tensor:
