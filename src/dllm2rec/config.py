@@ -62,6 +62,8 @@ class TrainConfig(_Strict):
     ks: list[int] = Field(default_factory=lambda: [1, 5, 10, 20])
     eval_every: int = 1
     eval_batch: int = 1024
+    eval_item_chunk: int | None = Field(None, description="stream ranking over item chunks of this size "
+                                        "(bounded memory for huge catalogues; None: score all items at once)")
     exclude_history: bool = Field(False, description="mask history items when ranking (official: no)")
     seed: int = 2024
     num_threads: int | None = Field(None, description="torch intra-op threads (None: torch default)")

@@ -26,9 +26,13 @@ def register(app: typer.Typer) -> None:
         run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="default: <out_dir>/<run name>"),
         resume: bool = typer.Option(False, "--resume", help="continue a killed run from its last checkpoint"),
     ) -> None:
-        """Train a student (optionally distilled) with validation-only model selection; print test metrics."""
+        """Train a student (optionally distilled) with validation-only model selection; print test metrics.
+
+        Under ``torchrun --nproc_per_node N -m dllm2rec train ...`` it trains with DDP (see docs/scaling.md).
+        """
         from dllm2rec.config import load_config
-        from dllm2rec.training.trainer import Trainer, resolve_dataset
+        from dllm2rec.training import distributed as dist_
+        from dllm2rec.training.trainer import resolve_dataset
 
         ov = list(override)
         if data:
@@ -38,8 +42,22 @@ def register(app: typer.Typer) -> None:
         if seed is not None:
             ov.append(f"train.seed={seed}")
         cfg = load_config(config, ov)
-        ds = resolve_dataset(cfg.data.path)
+        if dist_.init_from_env(cfg.train.device):  # launched by torchrun with WORLD_SIZE > 1
+            try:
+                _train(cfg, dist_.resolve_dataset_shared(cfg.data.path), run_dir, resume,
+                       echo=dist_.is_main())
+            finally:
+                dist_.cleanup()
+            return
+        _train(cfg, resolve_dataset(cfg.data.path), run_dir, resume)
+
+    def _train(cfg, ds, run_dir, resume: bool, echo: bool = True) -> None:
+        from dllm2rec.training.trainer import Trainer
+
         tr = Trainer(cfg, ds, run_dir)
+        if not echo:
+            tr.fit(resume=resume)
+            return
         typer.echo(f"run dir: {tr.run_dir}  dataset {ds.name} ({ds.n_items} items, "
                    f"{len(ds['train'])}/{len(ds['valid'])}/{len(ds['test'])} rows)  "
                    f"student {cfg.model.name}  strategy {cfg.distill.strategy}")

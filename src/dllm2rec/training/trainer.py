@@ -29,6 +29,7 @@ from dllm2rec.errors import Dllm2recError
 from dllm2rec.evaluation.protocol import evaluate, protocol_name
 from dllm2rec.registry import get_strategy
 from dllm2rec.students.base import SequentialStudent, build_student
+from dllm2rec.training import distributed as dist_
 from dllm2rec.training import losses
 from dllm2rec.training.checkpoint import load_student, save_student
 from dllm2rec.utils.io import atomic_path, atomic_write_text
@@ -52,6 +53,8 @@ def load_teacher(cfg: RunConfig, dataset: SeqDataset):
         return controls.make_control(spec, dataset, seed=cfg.train.seed)
     from dllm2rec.teachers.artifacts import TeacherArtifacts
 
+    if dist_.is_distributed():  # N processes share one memory-mapped copy of the teacher matrix
+        return dist_.load_teacher_shared(spec, dataset)
     return TeacherArtifacts.load(spec, dataset)
 
 
@@ -61,7 +64,9 @@ class Trainer:
         self.cfg = cfg
         self.ds = dataset
         self.run_dir = Path(run_dir or Path(cfg.out_dir) / cfg.run_name())
-        self.device = torch.device(cfg.train.device)
+        # DDP (launched by torchrun; see training/distributed.py): rank/world are 0/1 in a single process
+        self.rank, self.world = dist_.rank(), dist_.world_size()
+        self.device = dist_.device_for(cfg.train.device)
         if cfg.train.num_threads:
             torch.set_num_threads(cfg.train.num_threads)
         set_seed(cfg.train.seed)
@@ -81,11 +86,18 @@ class Trainer:
         params = list(self.model.parameters()) + list(self.strategy.extra_parameters())
         opt_cls = torch.optim.AdamW if cfg.optim.name == "adamw" else torch.optim.Adam
         self.optimizer = opt_cls(params, lr=cfg.optim.lr, eps=cfg.optim.eps, weight_decay=cfg.optim.weight_decay)
+        self.ddp = None
+        if self.world > 1:
+            self.ddp = dist_.wrap(self.model, self.strategy.extra_parameters(), self.step_loss, self.device)
+            if self.rank:
+                torch.manual_seed(dist_.rank_seed(cfg.train.seed, self.rank))  # own dropout stream per rank
+            quiet = True if self.rank else quiet
         tr = dataset["train"]
-        self.train_seq = torch.tensor(tr.seq, device=self.device)
-        self.train_len = torch.tensor(tr.len, device=self.device)
-        self.train_tgt = torch.tensor(tr.target, device=self.device)
-        self.train_row = torch.tensor(tr.row_id, device=self.device)
+        # as_tensor: on CPU a (memory-mapped) int64 split is used in place, not copied
+        self.train_seq = torch.as_tensor(tr.seq, device=self.device)
+        self.train_len = torch.as_tensor(tr.len, device=self.device)
+        self.train_tgt = torch.as_tensor(tr.target, device=self.device)
+        self.train_row = torch.as_tensor(tr.row_id, device=self.device)
         self.ps = None
         if cfg.loss.dros_alpha:
             counts = torch.from_numpy(dataset.item_counts("train"))
@@ -101,10 +113,12 @@ class Trainer:
         self.select_key = f"valid/{self.proto}/{cfg.train.select_metric}"
 
     # ------------------------------------------------------------------ one step
-    def step_loss(self, idx: torch.Tensor, epoch: int, step: int) -> dict[str, torch.Tensor]:
+    def step_loss(self, idx: torch.Tensor, epoch: int, step: int,
+                  neg: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         cfg = self.cfg
         seq, lens, tgt = self.train_seq[idx], self.train_len[idx], self.train_tgt[idx]
-        neg = losses.sample_negatives(seq, tgt, self.ds.n_items, cfg.loss.n_neg, self.gen).to(self.device)
+        if neg is None:
+            neg = losses.sample_negatives(seq, tgt, self.ds.n_items, cfg.loss.n_neg, self.gen).to(self.device)
         state = self.model.encode(seq, lens)
         ctx = StepContext(self.model, state, seq, lens, tgt, self.train_row[idx], neg, epoch, step)
         terms: dict[str, torch.Tensor] = {}
@@ -133,8 +147,17 @@ class Trainer:
                        disable=self.quiet if self.quiet is not None else None)
         for step, s in enumerate(bar):
             idx = perm[s:s + bs]
-            terms = self.step_loss(idx, epoch, step)
-            loss = sum(terms.values())
+            if self.ddp is None:
+                terms = self.step_loss(idx, epoch, step)
+                loss = sum(terms.values())
+                w = 1.0
+            else:  # this rank's slice of the global batch; its loss weighted so DDP's average is the global mean
+                gneg = losses.sample_negatives(self.train_seq[idx], self.train_tgt[idx], self.ds.n_items,
+                                               self.cfg.loss.n_neg, self.gen).to(self.device)
+                idx, w = dist_.shard(idx, self.rank, self.world)
+                neg = dist_.shard(gneg, self.rank, self.world)[0]
+                terms = self.ddp(idx, epoch, step, neg)
+                loss = sum(terms.values()) * (w * self.world)
             if not torch.isfinite(loss):
                 raise Dllm2recError(f"non-finite loss at epoch {epoch} step {step}: "
                                     + ", ".join(f"{k}={float(v):.4g}" for k, v in terms.items()))
@@ -142,9 +165,10 @@ class Trainer:
             loss.backward()
             self.optimizer.step()
             for k, v in terms.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach())
-            sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
+                sums[k] = sums.get(k, 0.0) + float(v.detach()) * w
+            sums["loss"] = sums.get("loss", 0.0) + float(loss.detach()) / (self.world if self.ddp else 1)
             steps += 1
+        sums = dist_.all_reduce_sums(sums, self.device)  # DDP: per-batch global means, as in one process
         dt = time.perf_counter() - t0
         out = {f"train/{k}": v / max(steps, 1) for k, v in sums.items()}
         out["train/seconds"] = dt
@@ -154,7 +178,7 @@ class Trainer:
     # ------------------------------------------------------------------ evaluation
     def evaluate_split(self, split: str, model: SequentialStudent | None = None) -> dict[str, float]:
         m = evaluate(model or self.model, self.ds[split], self.cfg.train.ks, self.cfg.train.eval_batch,
-                     self.cfg.train.exclude_history, str(self.device))
+                     self.cfg.train.exclude_history, str(self.device), self.cfg.train.eval_item_chunk)
         return {f"{split}/{k}": v for k, v in m.items()}
 
     # ------------------------------------------------------------------ checkpoints
@@ -169,6 +193,9 @@ class Trainer:
         }
 
     def save_last(self) -> None:
+        rngs = dist_.all_gather_object(torch.get_rng_state()) if self.world > 1 else None
+        if self.rank:
+            return  # DDP: rank 0 writes; every rank's dropout RNG state is in trainer_state.pt
         save_student(self.model, self.run_dir / "last", self._meta())
         state = {
             "epoch": self.epoch,
@@ -180,6 +207,8 @@ class Trainer:
             "torch_rng": torch.get_rng_state(),
             "history_len": len(self.history),
         }
+        if rngs is not None:
+            state["torch_rng_ranks"] = rngs
         with atomic_path(self.run_dir / "last" / "trainer_state.pt") as tmp:
             torch.save(state, tmp)
 
@@ -189,10 +218,17 @@ class Trainer:
             return False
         model, _ = load_student(last, map_location=str(self.device))
         self.model.load_state_dict(model.state_dict())
-        st = torch.load(last / "trainer_state.pt", weights_only=True)
+        st = torch.load(last / "trainer_state.pt", weights_only=True,
+                        **({"map_location": "cpu"} if self.world > 1 else {}))
         self.optimizer.load_state_dict(st["optimizer"])
         self.gen.set_state(st["gen"])
         torch.set_rng_state(st["torch_rng"])
+        if self.world > 1:
+            ranks = st.get("torch_rng_ranks")
+            if ranks is not None and len(ranks) == self.world:
+                torch.set_rng_state(ranks[self.rank])
+            elif self.rank:  # resumed with another world size: data order is kept, dropout streams are new
+                torch.manual_seed(dist_.rank_seed(self.cfg.train.seed, self.rank) + int(st["epoch"]))
         self.epoch = int(st["epoch"])
         self.best_metric = float(st["best_metric"])
         self.best_epoch = int(st["best_epoch"])
@@ -201,21 +237,29 @@ class Trainer:
         if log.is_file():
             lines = log.read_text().splitlines()[: int(st["history_len"])]
             self.history = [json.loads(x) for x in lines]
-            atomic_write_text(log, "".join(x + "\n" for x in lines))
+            if self.rank == 0:
+                atomic_write_text(log, "".join(x + "\n" for x in lines))
         return True
 
     # ------------------------------------------------------------------ main loop
     def fit(self, resume: bool = False, max_epochs_this_call: int | None = None) -> dict[str, Any]:
         """Train with validation-only early stopping, then test the selected checkpoint once."""
         cfg = self.cfg.train
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        if resume and self.try_resume():
+        main = self.rank == 0
+        if main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        resumed = resume and self.try_resume()
+        if self.world > 1 and len(set(dist_.all_gather_object(resumed))) > 1:
+            raise Dllm2recError(f"{self.run_dir}/last: visible to some ranks only; under DDP the run directory "
+                                "must be on a filesystem every node sees")
+        if resumed or not main:
             pass
         elif (self.run_dir / "results.json").exists() or (self.run_dir / "log.jsonl").exists():
-            if not resume:
-                for f in ("log.jsonl", "results.json"):
-                    (self.run_dir / f).unlink(missing_ok=True)
-        atomic_write_text(self.run_dir / "config.yaml", self.cfg.to_yaml())
+            # a fresh start (also --resume killed before the first last/ was written) rewrites the log from epoch 1
+            for f in ("log.jsonl", "results.json"):
+                (self.run_dir / f).unlink(missing_ok=True)
+        if main:
+            atomic_write_text(self.run_dir / "config.yaml", self.cfg.to_yaml())
         done_now = 0
         stopped = False
         while self.epoch < cfg.epochs:
@@ -227,7 +271,7 @@ class Trainer:
             epoch = self.epoch + 1
             rec: dict[str, Any] = {"epoch": epoch}
             rec.update(self.train_epoch(epoch))
-            if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
+            if (epoch % cfg.eval_every == 0 or epoch == cfg.epochs) and main:  # DDP: rank 0 evaluates
                 rec.update(self.evaluate_split("valid"))
                 cur = rec[self.select_key]
                 if cur > self.best_metric:
@@ -239,9 +283,13 @@ class Trainer:
                     self.bad_evals += 1
             self.epoch = epoch
             self.history.append(rec)
-            with open(self.run_dir / "log.jsonl", "a", encoding="utf-8") as f:
-                f.write(json.dumps(rec) + "\n")
+            if main:
+                with open(self.run_dir / "log.jsonl", "a", encoding="utf-8") as f:
+                    f.write(json.dumps(rec) + "\n")
             self.save_last()
+            if self.world > 1:  # rank 0's selection / early-stopping state decides for every rank
+                self.best_metric, self.best_epoch, self.bad_evals = dist_.broadcast_object(
+                    (self.best_metric, self.best_epoch, self.bad_evals))
             done_now += 1
             if not self.quiet and os.environ.get("DLLM2REC_LOG_EPOCHS", "1") != "0":
                 sel = rec.get(self.select_key)
@@ -258,6 +306,21 @@ class Trainer:
         return self.finish()
 
     def finish(self) -> dict[str, Any]:
+        if self.world > 1:  # DDP: rank 0 tests the selected checkpoint; every rank returns its results
+            out: Any = None
+            if self.rank == 0:
+                try:
+                    out = self._finish_local()
+                except Exception as e:  # tell the other ranks instead of leaving them waiting
+                    dist_.broadcast_object(("error", f"{type(e).__name__}: {e}"))
+                    raise
+            out = dist_.broadcast_object(out)
+            if isinstance(out, tuple) and out[:1] == ("error",):
+                raise Dllm2recError(f"rank 0 failed: {out[1]}")
+            return out
+        return self._finish_local()
+
+    def _finish_local(self) -> dict[str, Any]:
         if self.best_epoch < 0:
             raise Dllm2recError(f"{self.run_dir}: no evaluated epoch; nothing to select")
         best, info = load_student(self.run_dir / "best", map_location=str(self.device))
