@@ -83,10 +83,10 @@ def test_official_strategy_total_on_fixed_batch():
     ctx = StepContext(model, model.s, torch.zeros(2, 1, dtype=torch.long), torch.ones(2, dtype=torch.long),
                       torch.tensor([2, 3]), torch.tensor([0, 1]), torch.tensor(NEG))
     terms = strat.loss(ctx)
-    assert abs(float(terms["rd"]) - 0.7 * L_RD) < 1e-5
-    assert abs(float(terms["rd_dro"]) - 0.7 * 0.5 * DRO) < 1e-5
+    assert abs(float(terms["rd"].detach()) - 0.7 * L_RD) < 1e-5
+    assert abs(float(terms["rd_dro"].detach()) - 0.7 * 0.5 * DRO) < 1e-5
     total = sum(terms.values())
-    assert abs(float(total) - TOTAL) < 1e-5
+    assert abs(float(total.detach()) - TOTAL) < 1e-5
     total.backward()
     assert model.s.grad is not None and torch.isfinite(model.s.grad).all()
 
@@ -101,7 +101,7 @@ def test_uncovered_rows_contribute_nothing():
                       torch.tensor([2, 3]), torch.tensor([0, 1]), torch.tensor(NEG))
     rd = strat.loss(ctx)["rd"]
     # row 0 alone, still divided by B = 2: ½[.684847(.530115) + .315153(.877264)] = .319760
-    assert abs(float(rd) - 0.5 * (0.684847 * 0.530115 + 0.315153 * 0.877264)) < 1e-5
+    assert abs(float(rd.detach()) - 0.5 * (0.684847 * 0.530115 + 0.315153 * 0.877264)) < 1e-5
     rd.backward()
     assert torch.all(model.s.grad[1] == 0)
 
