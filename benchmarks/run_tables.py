@@ -66,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=1, help="parallel subprocesses (each with 1 thread)")
     ap.add_argument("-o", "--set", dest="overrides", action="append", default=[], help="extra dotted override")
     ap.add_argument("--dry-run", action="store_true")
+    ap.add_argument("--report-only", action="store_true", help="write the reports from finished runs; train nothing")
     args = ap.parse_args(argv)
 
     datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
@@ -83,12 +84,14 @@ def main(argv: list[str] | None = None) -> int:
     dirs: dict[str, list[Path]] = {}
     failed = 0
     for name, grid in todo:
-        res = run_grid(grid)
-        failed += len(res["failed"])
+        if not args.report_only:
+            res = run_grid(grid)
+            failed += len(res["failed"])
         dirs.setdefault(name, []).extend(s.run_dir for s in grid.runs() if s.done)
-    caption = (f"epoch cap {args.epochs}, patience {args.patience} on validation NDCG@20; seeds "
-               f"{','.join(map(str, seeds))}; command: python benchmarks/run_tables.py "
-               + " ".join(a for a in (argv if argv is not None else sys.argv[1:])))
+    cmd_args = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--report-only"]
+    caption = (f"epoch cap {args.epochs}, patience {args.patience} on validation NDCG@20, one run at a time with "
+               f"train.num_threads=1 on a shared 2-core CPU (s/epoch includes contention); seeds "
+               f"{','.join(map(str, seeds))}; command: `python benchmarks/run_tables.py {' '.join(cmd_args)}`")
     titles = {"a": "Table (a): plain students, no distillation (issue 2)",
               "b": "Table (b): distillation with the shipped LLM teacher (issue 5)"}
     for name, ds in dirs.items():
