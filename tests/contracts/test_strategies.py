@@ -155,3 +155,22 @@ def test_llm_sized_teacher_uses_bf16_table_and_round_trips(ds, tmp_path):
     with torch.no_grad():
         assert torch.equal(model(torch.tensor(tr.seq[:8]), torch.tensor(tr.len[:8])),
                            loaded(torch.tensor(tr.seq[:8]), torch.tensor(tr.len[:8])))
+
+
+@pytest.mark.parametrize("student", ["gru4rec", "caser"])
+def test_dllm2rec_on_every_student(student, ds, teacher, tmp_path):
+    model = build_student(student, ds.n_items, max_len=ds.max_len, dim=16)
+    strat = get_strategy("dllm2rec")({"dros_alpha": 0.5}, ds, teacher)
+    strat.attach(model)
+    model.train()
+    _, terms = _step(model, strat, ds, np.arange(32))
+    assert set(terms) == {"rd", "rd_dro"} and all(torch.isfinite(v) for v in terms.values())
+    sum(terms.values()).backward()
+    assert model.input_offset.proj.weight.grad is not None
+    save_student(model, tmp_path / "ck")
+    model.eval()
+    loaded, _ = load_student(tmp_path / "ck")
+    tr = ds["train"]
+    with torch.no_grad():
+        assert torch.equal(model(torch.tensor(tr.seq[:8]), torch.tensor(tr.len[:8])),
+                           loaded(torch.tensor(tr.seq[:8]), torch.tensor(tr.len[:8])))

@@ -75,3 +75,27 @@ def test_official_import_refuses_mismatches(ds, tmp_path):
     export_official(partial, tmp_path / "p", allow_partial=True)
     back = import_official(tmp_path / "p", ds)
     assert np.array_equal(back.covered, partial.covered)
+
+
+def test_teacher_cli_import_validate_stats_export(ds, tmp_path):
+    from typer.testing import CliRunner
+
+    from dllm2rec.cli import app
+
+    ds.save(tmp_path / "ds")
+    export_official(make_control("synthetic:1.0", ds, seed=0), tmp_path / "off")
+    run = CliRunner().invoke
+    r = run(app, ["teacher", "import", str(tmp_path / "off"), "--dataset", str(tmp_path / "ds"),
+                  "--out", str(tmp_path / "art")])
+    assert r.exit_code == 0, r.output
+    r = run(app, ["teacher", "validate", str(tmp_path / "art"), "--dataset", str(tmp_path / "ds")])
+    assert r.exit_code == 0 and r.output.startswith("ok:"), r.output
+    r = run(app, ["teacher", "stats", str(tmp_path / "art"), "--dataset", str(tmp_path / "ds")])
+    assert r.exit_code == 0 and '"train_HR@20": 1.0' in r.output, r.output
+    r = run(app, ["teacher", "export", str(tmp_path / "art"), "--out", str(tmp_path / "off2")])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "off2" / "myrank_train.txt").read_text() == (tmp_path / "off" / "myrank_train.txt").read_text()
+    other = make_synthetic(n_items=50, n_users=31, seq_len=14, seed=5)
+    other.save(tmp_path / "other")
+    r = run(app, ["teacher", "validate", str(tmp_path / "art"), "--dataset", str(tmp_path / "other")])
+    assert r.exit_code != 0
