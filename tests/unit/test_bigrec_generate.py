@@ -52,6 +52,9 @@ def test_interrupted_run_resumes_and_skips_finished_shards(tmp_path):
     pos = [p for s in shards for p in s["positions"]]
     assert pos == list(range(30))
     assert [s["row_id"] for s in shards][0] == ds["train"].row_id[:8].tolist()
+    # batches are length-sorted internally, but every result lands on its own row
+    texts = [t[0] for s in shards for t in s["texts"]]
+    assert texts == [f"n{int(n)}" for n in ds["train"].len[:30]]
     # a finished directory never even builds the backend
     calls = FakeBackend.calls
     assert run(ds, tmp_path)["generated_now"] == 0 and FakeBackend.calls == calls

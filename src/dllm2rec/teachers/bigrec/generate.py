@@ -301,20 +301,26 @@ def run_generation(dataset, split: str, out: str | Path, backend_factory, cfg: G
                 rec: dict = {"shard": i, "positions": pos, "row_id": split_obj.row_id[pos].tolist(),
                              "texts": [], "scores": [], "logprobs": [], "items": [] if cfg.constrained else None,
                              "batch_seconds": [], "batch_rows": []}
+                # batch prompts of similar length together (less left padding), write results in row order
+                order = sorted(range(len(pos)), key=lambda j: len(prompts[j]))
+                results: dict[int, RowBeams] = {}
                 for s in range(0, len(pos), cfg.batch_size):
+                    idx = order[s:s + cfg.batch_size]
                     t0 = time.perf_counter()
-                    beams = backend.generate(prompts[s:s + cfg.batch_size])
+                    beams = backend.generate([prompts[j] for j in idx])
                     dt = time.perf_counter() - t0
                     rec["batch_seconds"].append(round(dt, 4))
                     rec["batch_rows"].append(len(beams))
-                    for rb in beams:
-                        rec["texts"].append(rb.texts)
-                        rec["scores"].append(rb.scores)
-                        rec["logprobs"].append(rb.logprobs)
-                        if cfg.constrained:
-                            rec["items"].append(rb.items)
+                    results.update(zip(idx, beams))
                     heartbeat(out, i)
                     bar.update(len(beams))
+                for j in range(len(pos)):
+                    rb = results[j]
+                    rec["texts"].append(rb.texts)
+                    rec["scores"].append(rb.scores)
+                    rec["logprobs"].append(rb.logprobs)
+                    if cfg.constrained:
+                        rec["items"].append(rb.items)
                 rec["seconds"] = round(sum(rec["batch_seconds"]), 4)
                 rec["worker"] = f"{socket.gethostname()}:{os.getpid()}"
                 atomic_write_text(shard_path(out, i), json.dumps(rec))
