@@ -66,7 +66,7 @@ def phase_eval(a) -> dict:
     base = peak_rss_bytes()
     t0 = time.perf_counter()
     ranks = []
-    step = max(a.eval_batch * 10, 1)
+    step = max(a.eval_batch * 2, 1)
     for s in range(0, a.rows, step):  # progress lines (the ranking itself is rank_targets, batch by batch)
         import numpy as np
 

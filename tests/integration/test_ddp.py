@@ -222,3 +222,52 @@ def test_eval_item_chunk_config_gives_the_same_metrics(world):
     a = Trainer(load_config(None, cfg), ds, world / "c1", quiet=True)
     b = Trainer(load_config(None, [*cfg, "train.eval_item_chunk=25"]), ds, world / "c2", quiet=True)
     assert a.evaluate_split("valid") == b.evaluate_split("valid", a.model)
+
+
+# ---------------------------------------------------------------------------------------------- teacher workers
+@pytest.mark.slow
+def test_teacher_generation_with_independent_workers(tmp_path):
+    """N independent ``teacher generate`` processes on one directory: a stale lock of a killed worker is broken,
+    every shard is generated exactly once, and ``ground`` merges them into the same validated artifacts as one
+    worker."""
+    from typer.testing import CliRunner
+
+    from dllm2rec.cli import app
+    from dllm2rec.teachers.bigrec.tiny import make_tiny_llama, tiny_dataset
+
+    ds = tiny_dataset(n_train=24, n_eval=4)
+    ds.save(tmp_path / "ds")
+    model = make_tiny_llama(tmp_path / "model")
+    common = ["--dataset", str(tmp_path / "ds"), "--model", str(model), "--num-beams", "2", "--max-new-tokens", "6",
+              "--shard-size", "4", "--batch-size", "4", "--threads", "1"]
+    env = {**_env(), "DLLM2REC_CACHE": str(tmp_path / "cache")}
+
+    def cli(*args):
+        res = CliRunner(env=env).invoke(app, [str(a) for a in args], catch_exceptions=False)
+        assert res.exit_code == 0, res.output
+
+    # reference: one worker
+    cli("teacher", "generate", *common, "--out", tmp_path / "gen1")
+    cli("teacher", "ground", "--dataset", tmp_path / "ds", "--model", model, "--gen", tmp_path / "gen1",
+        "--out", tmp_path / "art1", "--top-n", "5")
+    # a worker that was killed while holding shard 2: its lock stays behind and stops heart-beating
+    (tmp_path / "gen2").mkdir()
+    stale = tmp_path / "gen2" / "shard-00002.lock"
+    stale.write_text("killed-worker")
+    os.utime(stale, (time.time() - 3600, time.time() - 3600))
+    cmd = [sys.executable, "-m", "dllm2rec", "teacher", "generate", *common, "--out", str(tmp_path / "gen2"),
+           "--lock-timeout", "30"]
+    procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for _ in range(2)]  # two independent workers, started together, no worker ids needed
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    shards = sorted((tmp_path / "gen2").glob("shard-*.json"))
+    assert len(shards) == 6 and not list((tmp_path / "gen2").glob("shard-*.lock"))
+    cli("teacher", "ground", "--dataset", tmp_path / "ds", "--model", model, "--gen", tmp_path / "gen2",
+        "--out", tmp_path / "art2", "--top-n", "5")
+    a1 = TeacherArtifacts.load(tmp_path / "art1", ds)
+    a2 = D.load_teacher_shared(tmp_path / "art2", ds)  # the DDP loader reads the merged artifacts too
+    assert a2.covered.all()
+    np.testing.assert_array_equal(a1.topk_ids, a2.topk_ids)
+    np.testing.assert_array_equal(a1.covered, a2.covered)
+    np.testing.assert_allclose(a1.item_emb, a2.item_emb)

@@ -80,8 +80,8 @@ def local_rank() -> int:
 def device_for(device: str) -> torch.device:
     """The device this process trains on: ``cuda`` becomes ``cuda:LOCAL_RANK`` under DDP."""
     d = torch.device(device)
-    if is_distributed() and d.type == "cuda" and d.index is None:
-        return torch.device("cuda", local_rank())
+    if is_distributed() and d.type == "cuda":
+        return torch.device("cuda", local_rank())  # one GPU per process, whatever index the config names
     return d
 
 

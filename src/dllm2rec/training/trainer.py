@@ -81,6 +81,8 @@ class Trainer:
                                         "(a teacher-artifacts directory, or 'random' for the control)")
             strategy = strat_cls(cfg.distill.params, dataset, teacher)
         self.strategy = strategy
+        if hasattr(strategy, "configure"):  # e.g. dllm2rec inherits loss.dros_* for its DROS term (official)
+            strategy.configure(cfg)
         self.strategy.attach(self.model)
         self.model.to(self.device)
         params = list(self.model.parameters()) + list(self.strategy.extra_parameters())
@@ -117,8 +119,9 @@ class Trainer:
                   neg: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         cfg = self.cfg
         seq, lens, tgt = self.train_seq[idx], self.train_len[idx], self.train_tgt[idx]
-        if neg is None:
-            neg = losses.sample_negatives(seq, tgt, self.ds.n_items, cfg.loss.n_neg, self.gen).to(self.device)
+        if neg is None:  # drawn on the CPU from the CPU generator (a no-op .cpu() when training on the CPU)
+            neg = losses.sample_negatives(seq.cpu(), tgt.cpu(), self.ds.n_items, cfg.loss.n_neg,
+                                          self.gen).to(self.device)
         state = self.model.encode(seq, lens)
         ctx = StepContext(self.model, state, seq, lens, tgt, self.train_row[idx], neg, epoch, step)
         terms: dict[str, torch.Tensor] = {}
@@ -152,8 +155,8 @@ class Trainer:
                 loss = sum(terms.values())
                 w = 1.0
             else:  # this rank's slice of the global batch; its loss weighted so DDP's average is the global mean
-                gneg = losses.sample_negatives(self.train_seq[idx], self.train_tgt[idx], self.ds.n_items,
-                                               self.cfg.loss.n_neg, self.gen).to(self.device)
+                gneg = losses.sample_negatives(self.train_seq[idx].cpu(), self.train_tgt[idx].cpu(),
+                                               self.ds.n_items, self.cfg.loss.n_neg, self.gen).to(self.device)
                 idx, w = dist_.shard(idx, self.rank, self.world)
                 neg = dist_.shard(gneg, self.rank, self.world)[0]
                 terms = self.ddp(idx, epoch, step, neg)
@@ -203,6 +206,8 @@ class Trainer:
             "best_epoch": self.best_epoch,
             "bad_evals": self.bad_evals,
             "optimizer": self.optimizer.state_dict(),
+            # parameters that live outside the student (e.g. Hint's regressor) resume too
+            "extra_params": [p.detach().cpu().clone() for p in self.strategy.extra_parameters()],
             "gen": self.gen.get_state(),
             "torch_rng": torch.get_rng_state(),
             "history_len": len(self.history),
@@ -221,6 +226,9 @@ class Trainer:
         st = torch.load(last / "trainer_state.pt", weights_only=True,
                         **({"map_location": "cpu"} if self.world > 1 else {}))
         self.optimizer.load_state_dict(st["optimizer"])
+        with torch.no_grad():
+            for p, v in zip(self.strategy.extra_parameters(), st.get("extra_params", [])):
+                p.copy_(v)
         self.gen.set_state(st["gen"])
         torch.set_rng_state(st["torch_rng"])
         if self.world > 1:
