@@ -54,7 +54,8 @@ def _ml100k(src: Path, max_len: int = 10) -> SeqDataset:
         idx = order[a:b]
         splits[name] = make_split([hist[i] for i in idx], [tgt[i] for i in idx], n_items, max_len,
                                   users=[usr[i] for i in idx], times=[tim[i] for i in idx])
-    return SeqDataset("ml-100k", n_items, max_len, titles, splits, {"source": "fallback (benchmarks/teacher_quality.py)"})
+    return SeqDataset("ml-100k", n_items, max_len, titles, splits,
+                      {"source": "fallback (benchmarks/teacher_quality.py)"})
 
 
 def _lastfm(src: Path, max_len: int = 10) -> SeqDataset:
@@ -136,7 +137,7 @@ def overlap(a: np.ndarray, b: np.ndarray) -> dict:
 
 
 def sasrec(ds, run_dir: Path, threads: int):
-    """Plain SASRec (no distillation) from configs/sasrec-<ds>.yaml through the project trainer; reuses a finished run."""
+    """Plain SASRec (no distillation), configs/sasrec-<ds>.yaml, via the project trainer; reuses a finished run."""
     from dllm2rec.config import load_config
     from dllm2rec.training.checkpoint import load_student
     from dllm2rec.training.trainer import Trainer
@@ -148,6 +149,9 @@ def sasrec(ds, run_dir: Path, threads: int):
         cfg = load_config(cfg_file, [f"train.num_threads={threads}"])
         Trainer(cfg, ds, run_dir, quiet=True).fit()
     res = json.loads(res_path.read_text())
+    hashes = {s: ds.split_hash(s) for s in ds.splits}
+    if res.get("split_hashes", hashes) != hashes:
+        raise SystemExit(f"{run_dir}: SASRec was trained on other splits ({res.get('split_hashes')} vs {hashes})")
     model, _ = load_student(run_dir / "best")
     return model, res, time.time() - t0
 
@@ -218,7 +222,8 @@ def main(argv=None) -> None:
         r = run(name, args)
         results.append(r)
         print(json.dumps(r, indent=1), flush=True)
-    print("\n| dataset | popularity test HR@20 / NDCG@20 | teacher valid HR@20 / NDCG@20 | teacher test HR@20 / NDCG@20 "
+    print("\n| dataset | popularity test HR@20 / NDCG@20 | teacher valid HR@20 / NDCG@20 "
+          "| teacher test HR@20 / NDCG@20 "
           "| teacher / pop (test HR@20) | SASRec test HR@20 / NDCG@20 | top-20 overlap teacher∩SASRec (mean %) "
           "| teacher train s |")
     print("|---|---|---|---|---|---|---|---|")

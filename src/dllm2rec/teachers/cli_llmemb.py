@@ -17,7 +17,8 @@ def register(app: typer.Typer) -> None:
     @app.command("fit-llmemb")
     def fit_llmemb(
         dataset: Path = typer.Argument(..., help="Prepared dataset directory (dllm2rec data prepare)."),
-        out: Path = typer.Option(..., "--out", help="Artifacts directory to write (artifacts.safetensors + manifest.json)."),
+        out: Path = typer.Option(..., "--out",
+                                 help="Artifacts directory to write (artifacts.safetensors + manifest.json)."),
         encoder: str = typer.Option("minilm", help="Frozen title encoder: minilm | smollm2 | random."),
         epochs: int = typer.Option(40, help="Maximum epochs (early stopping on validation NDCG@20)."),
         patience: int = typer.Option(3, help="Epochs without a validation NDCG@20 gain before stopping."),
@@ -34,7 +35,8 @@ def register(app: typer.Typer) -> None:
                                     help="Add a learned per-item ID embedding to the adapted title embedding."),
         all_positions: bool = typer.Option(False, "--all-positions/--last-position",
                                            help="Cross-entropy at every prefix position, or at the last one only."),
-        mask_history: str = typer.Option("auto", help="Mask history items when ranking: auto (chosen on validation) | on | off."),
+        mask_history: str = typer.Option("auto", help="Mask history items when ranking: auto (chosen on "
+                                                      "validation) | on | off."),
         cv_folds: int = typer.Option(0, help="K >= 2: score training rows by K-fold cross-fitting; 0 = in-sample."),
         threads: int = typer.Option(1, help="torch threads (keep 1 on shared machines)."),
         model_dir: Path = typer.Option(None, "--model-dir",

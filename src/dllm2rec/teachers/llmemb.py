@@ -210,7 +210,8 @@ def _folds(split, k: int, seed: int) -> np.ndarray:
 
 
 def train_model(title_emb: np.ndarray, train, valid, n_items: int, max_len: int, cfg: LLMEmbConfig,
-                rows: np.ndarray | None = None, log: Callable[[str], None] | None = None) -> tuple[LLMEmbSeqModel, dict]:
+                rows: np.ndarray | None = None,
+                log: Callable[[str], None] | None = None) -> tuple[LLMEmbSeqModel, dict]:
     """Train one model on ``train`` (optionally only ``rows``), early-stopped on valid NDCG@20; return best model."""
     log = log or (lambda m: None)
     torch.manual_seed(cfg.seed)
@@ -298,7 +299,8 @@ class LLMEmbTeacher:
         t0 = time.time()
         self.title_emb = encode_titles(dataset.titles, cfg.encoder) if title_emb is None else np.asarray(title_emb)
         if self.title_emb.shape[0] != dataset.n_items:
-            raise ConfigError(f"title embeddings have {self.title_emb.shape[0]} rows, dataset has {dataset.n_items} items")
+            raise ConfigError(f"title embeddings have {self.title_emb.shape[0]} rows, "
+                              f"dataset has {dataset.n_items} items")
         enc_s = time.time() - t0
         self.log(f"[llm-emb] title embeddings {self.title_emb.shape} from '{cfg.encoder}' in {enc_s:.1f}s")
         train, valid = dataset["train"], dataset["valid"]
