@@ -271,3 +271,19 @@ def test_teacher_generation_with_independent_workers(tmp_path):
     np.testing.assert_array_equal(a1.topk_ids, a2.topk_ids)
     np.testing.assert_array_equal(a1.covered, a2.covered)
     np.testing.assert_allclose(a1.item_emb, a2.item_emb)
+
+
+def test_evaluate_cli_item_chunk_gives_the_same_metrics(world):
+    from typer.testing import CliRunner
+
+    from dllm2rec.cli import app
+
+    ds = SeqDataset.load(world / "data")
+    Trainer(load_config(None, _ov(world, "distill.strategy=none", "train.epochs=1",
+                                  f"data.path={world / 'data'}")), ds, world / "ev", quiet=True).fit()
+    out = []
+    for extra in ([], ["--item-chunk", "17"]):
+        res = CliRunner().invoke(app, ["evaluate", str(world / "ev"), "--json", *extra], catch_exceptions=False)
+        assert res.exit_code == 0, res.output
+        out.append(json.loads(res.output))
+    assert out[0] == out[1] and "full/NDCG@20" in out[0]

@@ -78,6 +78,9 @@ def register(app: typer.Typer) -> None:
         ks: str = typer.Option("1,5,10,20", "--ks"),
         exclude_history: bool = typer.Option(False, "--exclude-history"),
         batch: int = typer.Option(1024, "--batch"),
+        item_chunk: Optional[int] = typer.Option(None, "--item-chunk",
+                                                 help="rank against items in chunks of this size (bounded memory "
+                                                      "for huge catalogues; same ranks)"),
         as_json: bool = typer.Option(False, "--json"),
     ) -> None:
         """Full-ranking HR/NDCG@K of a saved student on a split."""
@@ -96,7 +99,7 @@ def register(app: typer.Typer) -> None:
         if fp and fp != ds.fingerprint():
             raise Dllm2recError(f"{ck}: trained on dataset {fp}, but {ds_path} is {ds.fingerprint()}")
         kk = [int(x) for x in ks.split(",")]
-        m = run_eval(model, ds[split], kk, batch, exclude_history)
+        m = run_eval(model, ds[split], kk, batch, exclude_history, item_chunk=item_chunk)
         if as_json:
             typer.echo(json.dumps(m, indent=2))
         else:
