@@ -82,13 +82,16 @@ def main() -> None:
 
     def ours(m, beams, reuse, trie=None, lp=1.0):
         def run():
-            outs = []
+            # as `teacher generate` does: batch prompts of similar length (less left padding), restore row order
+            order = sorted(range(n), key=lambda j: len(prompts[j]))
+            outs = {}
             for s in range(0, n, a.batch_size):
-                e = tok(prompts[s:s + a.batch_size], return_tensors="pt", padding=True)
+                idx = order[s:s + a.batch_size]
+                e = tok([prompts[j] for j in idx], return_tensors="pt", padding=True)
                 res = beam_search(m, e["input_ids"], e["attention_mask"], beams, a.max_new_tokens, eos, pad,
                                   trie=trie, length_penalty=lp, reuse_prompt_cache=reuse)
-                outs.extend(res.tokens)
-            return outs
+                outs.update(zip(idx, res.tokens))
+            return [outs[j] for j in range(n)]
         return run
 
     configs = [("naive", naive), ("batched", ours(model, a.beams, False)), ("default", ours(model, a.beams, True)),

@@ -72,3 +72,34 @@ def test_trie_merges_duplicate_titles():
     ids = [ord(c) % 7 for c in '"ab"'] + [9]
     assert trie.items(ids) == [0, 1]
     assert trie.allowed([]) == [ord('"') % 7]
+
+
+def test_finished_rows_leave_the_batch_without_changing_results(setup, monkeypatch):
+    import dllm2rec.teachers.bigrec.beam as bm
+
+    model, tok, ds, enc = setup
+    eos = tok.eos_token_id
+    lens = enc["attention_mask"].sum(1)
+    assert len(set(lens.tolist())) > 1
+    thr = int(lens.max())
+    sizes = []
+    orig = bm._forward
+
+    def spy(m, ids, mask, pos, cache):
+        # a random model ignores its prompt; push EOS from a fixed position on, so rows with longer prompts
+        # finish earlier than the others
+        sizes.append(ids.shape[0])
+        logits, cache = orig(m, ids, mask, pos, cache)
+        logits[:, eos] += 100.0 * (pos[:, -1] >= thr).float()
+        return logits, cache
+
+    monkeypatch.setattr(bm, "_forward", spy)
+    batched = beam_search(model, enc["input_ids"], enc["attention_mask"], 3, 12, eos, tok.pad_token_id)
+    B = enc["input_ids"].shape[0]
+    assert sizes[0] == B and min(sizes[1:]) < 3 * B  # some rows finished early and left the batch
+    for b in range(enc["input_ids"].shape[0]):
+        m = enc["attention_mask"][b].bool()
+        one = beam_search(model, enc["input_ids"][b:b + 1, m], enc["attention_mask"][b:b + 1, m], 3, 12, eos,
+                          tok.pad_token_id)
+        assert one.tokens[0] == batched.tokens[b]
+        assert torch.allclose(torch.tensor(one.scores[0]), torch.tensor(batched.scores[b]), atol=1e-4)

@@ -191,6 +191,9 @@ def beam_search(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, nu
     is_fin = torch.zeros((B, K), dtype=torch.bool)
     unsat = torch.ones((B, 1), dtype=torch.bool)
     top_k_mask = torch.cat([torch.ones(K, dtype=torch.bool), torch.zeros(K, dtype=torch.bool)])
+    B0, orig = B, torch.arange(B)  # rows still in the batch -> their index in the input
+    out_seqs, out_scores = fin_seqs.clone(), fin_scores.clone()
+    out_lens, out_fin = fin_lens.clone(), is_fin.clone()
     for t in range(T):
         logp = torch.log_softmax(logits, -1)
         if trie is not None:
@@ -229,10 +232,27 @@ def beam_search(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, nu
         unsat = unsat & (best_running > worst_fin).any(-1, keepdim=True)
         if not bool(unsat.any()) or bool(hits.all()) or t == T - 1:
             break
-        flat_parent = (run_parent + torch.arange(B)[:, None] * K).view(-1)
+        # rows whose finished set can no longer change are final: store them and drop them from the batch
+        # (HF keeps computing them; their results are identical either way)
+        live = unsat.view(-1)
+        rows = torch.arange(B)
+        if not bool(live.all()):
+            done = rows[~live]
+            out_seqs[orig[done]], out_scores[orig[done]] = fin_seqs[done], fin_scores[done]
+            out_lens[orig[done]], out_fin[orig[done]] = fin_lens[done], is_fin[done]
+            rows = rows[live]
+            running, running_scores, run_parent = running[rows], running_scores[rows], run_parent[rows]
+            fin_seqs, fin_scores, fin_lens, is_fin = fin_seqs[rows], fin_scores[rows], fin_lens[rows], is_fin[rows]
+            unsat, orig = unsat[rows], orig[rows]
+            mask = mask.view(B, K, -1)[rows].reshape(len(rows) * K, -1)
+        flat_parent = (run_parent + rows[:, None] * K).view(-1)  # also selects the surviving rows' beams
+        B = len(rows)
         cache.reorder_cache(flat_parent)
         mask = torch.cat([mask, torch.ones(B * K, 1, dtype=mask.dtype)], 1)
         logits, cache = _forward(model, running[:, :, t].reshape(-1, 1), mask, _positions(mask)[:, -1:], cache)
+    out_seqs[orig], out_scores[orig], out_lens[orig], out_fin[orig] = fin_seqs, fin_scores, fin_lens, is_fin
+    fin_seqs, fin_scores, fin_lens, is_fin = out_seqs, out_scores, out_lens, out_fin
+    B = B0
     toks, scores, lps, items = [], [], [], []
     for b in range(B):
         rt, rs, rl, ri = [], [], [], []
