@@ -8,8 +8,10 @@ the beams of each configuration with the naive loop's (exact token match of all 
 
 Configurations:
   naive            stock HF beam search, one prompt per call (the prompt runs once per beam)
-  batched          our beam search, batch of B prompts, left padding, prompt recomputed per beam
-  default          batched + prompt encoded once and its KV cache copied to the beams (`teacher generate` default)
+  batched          our beam search, batch of B prompts (sorted by length), left padding, prompt recomputed per beam;
+                   rows whose beams are final leave the batch
+  kv-reuse         batched + each prompt encoded once and its KV cache copied to the beams
+  default          kv-reuse + the template prefix shared by the batch encoded once (`teacher generate` default)
   greedy           default with num_beams = 1 (different outputs: the cheapest decoder)
   constrained      default + catalogue trie (different outputs: every beam is a catalogue title)
   default-bf16     default in bfloat16 (optional, --bf16; CPU bf16 is often slower)
@@ -80,7 +82,7 @@ def main() -> None:
             outs.append(rows)
         return outs
 
-    def ours(m, beams, reuse, trie=None, lp=1.0):
+    def ours(m, beams, reuse, trie=None, lp=1.0, share=True):
         def run():
             # as `teacher generate` does: batch prompts of similar length (less left padding), restore row order
             order = sorted(range(n), key=lambda j: len(prompts[j]))
@@ -89,12 +91,14 @@ def main() -> None:
                 idx = order[s:s + a.batch_size]
                 e = tok([prompts[j] for j in idx], return_tensors="pt", padding=True)
                 res = beam_search(m, e["input_ids"], e["attention_mask"], beams, a.max_new_tokens, eos, pad,
-                                  trie=trie, length_penalty=lp, reuse_prompt_cache=reuse)
+                                  trie=trie, length_penalty=lp, reuse_prompt_cache=reuse,
+                                  share_prefix=share)
                 outs.update(zip(idx, res.tokens))
             return [outs[j] for j in range(n)]
         return run
 
-    configs = [("naive", naive), ("batched", ours(model, a.beams, False)), ("default", ours(model, a.beams, True)),
+    configs = [("naive", naive), ("batched", ours(model, a.beams, False)),
+               ("kv-reuse", ours(model, a.beams, True, share=False)), ("default", ours(model, a.beams, True)),
                ("greedy", ours(model, 1, True)),
                ("constrained", ours(model, a.beams, True, build_title_trie(tok, ds.titles), 0.0))]
     if a.bf16:

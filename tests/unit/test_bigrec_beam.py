@@ -26,9 +26,28 @@ def test_prompt_kv_reuse_equals_naive_per_beam_prompt(setup):
     assert torch.allclose(torch.tensor(a.scores), torch.tensor(b.scores), atol=1e-5)
 
 
-def test_matches_hf_generate_one_prompt_at_a_time(setup):
+def test_shared_prefix_is_found_and_changes_nothing(setup):
+    from dllm2rec.teachers.bigrec.beam import shared_prefix_len
+
     model, tok, ds, enc = setup
-    res = beam_search(model, enc["input_ids"], enc["attention_mask"], 3, 8, tok.eos_token_id, tok.pad_token_id)
+    P = shared_prefix_len(enc["input_ids"], enc["attention_mask"])
+    assert P > 16  # the Alpaca template + domain input prefix
+    a = beam_search(model, enc["input_ids"], enc["attention_mask"], 3, 8, tok.eos_token_id, tok.pad_token_id)
+    b = beam_search(model, enc["input_ids"], enc["attention_mask"], 3, 8, tok.eos_token_id, tok.pad_token_id,
+                    share_prefix=True)
+    assert a.tokens == b.tokens
+    assert torch.allclose(torch.tensor(a.scores), torch.tensor(b.scores), atol=1e-4)
+    g1 = beam_search(model, enc["input_ids"], enc["attention_mask"], 1, 8, tok.eos_token_id, tok.pad_token_id)
+    g2 = beam_search(model, enc["input_ids"], enc["attention_mask"], 1, 8, tok.eos_token_id, tok.pad_token_id,
+                     share_prefix=True)
+    assert g1.tokens == g2.tokens
+
+
+@pytest.mark.parametrize("share", [False, True])
+def test_matches_hf_generate_one_prompt_at_a_time(setup, share):
+    model, tok, ds, enc = setup
+    res = beam_search(model, enc["input_ids"], enc["attention_mask"], 3, 8, tok.eos_token_id, tok.pad_token_id,
+                      share_prefix=share)
     prompts = tok.batch_decode(enc["input_ids"], skip_special_tokens=True)
     for i, p in enumerate(prompts):
         e = tok(p, return_tensors="pt")

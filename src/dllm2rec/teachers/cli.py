@@ -97,6 +97,8 @@ def register(app: typer.Typer) -> None:
         backend: str = typer.Option("hf", help="hf | vllm (GPU, optional extra)."),
         prompt_cache: bool = typer.Option(True, "--prompt-cache/--no-prompt-cache",
                                           help="Encode each prompt once and copy its KV cache to the beams."),
+        share_prefix: bool = typer.Option(True, "--share-prefix/--no-share-prefix",
+                                          help="Encode the prompt prefix shared by a batch (the template) once."),
         domain: Optional[str] = typer.Option(None),
         max_history: int = typer.Option(10),
         dtype: str = typer.Option("float32", help="float32 | bfloat16."),
@@ -115,6 +117,7 @@ def register(app: typer.Typer) -> None:
             raise ConfigError(f"--backend must be 'hf' or 'vllm', got {backend!r}")
         cfg = GenConfig(num_beams=num_beams, max_new_tokens=max_new_tokens, constrained=constrained,
                         batch_size=batch_size, length_penalty=length_penalty, reuse_prompt_cache=prompt_cache,
+                        share_prefix=share_prefix,
                         max_history=max_history, domain=dataset_domain(ds, domain), dtype=dtype, backend=backend)
         ref = resolve_model(model)
         positions = select_rows(len(ds[split]), rows, budget, select, seed)

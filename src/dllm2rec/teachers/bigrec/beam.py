@@ -5,7 +5,9 @@ The search itself mirrors transformers' ``_beam_search`` (default flags: ``lengt
 ``early_stopping=False``, 2·K candidates per step, a finished hypothesis scores ``sum_logprob / gen_len``), so with
 ``reuse_prompt_cache=False`` and no trie it returns what ``model.generate(num_beams=K)`` returns. The only change is
 *where* the prompt is computed: stock generate runs every prompt K times (one copy per beam); here it runs once and
-``DynamicCache.batch_repeat_interleave`` copies the cache — the same numbers, K× less prompt compute.
+``DynamicCache.batch_repeat_interleave`` copies the cache — the same numbers, K× less prompt compute. With
+``share_prefix`` the template prefix common to a batch's prompts is encoded once for the whole batch as well, and
+rows whose K finished beams can no longer change leave the batch (HF keeps computing them).
 
 Constrained mode: every step masks the vocabulary to the children of each beam's node in the trie of tokenised
 ``"title"`` + EOS sequences, so each finished beam is a catalogue item and the K finished beams form an n-best list
@@ -104,6 +106,45 @@ def _forward(model, ids, mask, pos, cache):
     return out.logits[:, -1, :].float(), new_cache
 
 
+def shared_prefix_len(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> int:
+    """Length of the token prefix all (left-padded) prompts share, leaving every row at least one own token."""
+    rows = [ids[m.bool()] for ids, m in zip(input_ids, attention_mask)]
+    n = min(len(r) for r in rows) - 1
+    if n <= 0:
+        return 0
+    eq = torch.stack([r[:n] == rows[0][:n] for r in rows]).all(0)
+    return n if bool(eq.all()) else int(eq.long().argmin())
+
+
+def _prefill(model, input_ids, attention_mask, pad_id: int, share_prefix: bool, min_prefix: int = 16):
+    """Run the prompts; returns last-position logits [B, V], the cache and the attention mask that goes with it.
+
+    With ``share_prefix`` the token prefix common to all prompts of the batch (BIGRec's template: instruction +
+    input prefix) is encoded once, its cache copied to the B rows, and only each row's own suffix is run, left-padded
+    *after* the prefix: mask = [1]*P + suffix mask, positions from the mask's cumsum, so every row sees exactly the
+    positions and tokens of its unpadded prompt.
+    """
+    B = input_ids.shape[0]
+    P = shared_prefix_len(input_ids, attention_mask) if share_prefix and B > 1 else 0
+    if P < min_prefix:
+        logits, cache = _forward(model, input_ids, attention_mask, _positions(attention_mask), None)
+        return logits, cache, attention_mask
+    rows = [ids[m.bool()] for ids, m in zip(input_ids, attention_mask)]
+    pm = torch.ones(1, P, dtype=attention_mask.dtype)
+    _, cache = _forward(model, rows[0][:P].view(1, -1), pm, _positions(pm), None)
+    cache.batch_repeat_interleave(B)
+    L = max(len(r) - P for r in rows)
+    sids = torch.full((B, L), pad_id, dtype=input_ids.dtype)
+    smask = torch.zeros((B, L), dtype=attention_mask.dtype)
+    for b, r in enumerate(rows):
+        n = len(r) - P
+        sids[b, L - n:] = r[P:]
+        smask[b, L - n:] = 1
+    mask = torch.cat([torch.ones(B, P, dtype=attention_mask.dtype), smask], 1)
+    logits, cache = _forward(model, sids, mask, _positions(mask)[:, P:], cache)
+    return logits, cache, mask
+
+
 def _trie_mask(trie: TitleTrie, seqs: torch.Tensor, step: int, vocab: int) -> torch.Tensor:
     """[R, V] additive mask: 0 for tokens the trie allows after each row's prefix seqs[:, :step], -inf elsewhere."""
     m = torch.full((seqs.shape[0], vocab), float("-inf"))
@@ -120,11 +161,10 @@ def _trie_mask(trie: TitleTrie, seqs: torch.Tensor, step: int, vocab: int) -> to
 
 @torch.inference_mode()
 def greedy_search(model, input_ids, attention_mask, max_new_tokens: int, eos_id: int, pad_id: int,
-                  trie: TitleTrie | None = None) -> BeamResult:
+                  trie: TitleTrie | None = None, share_prefix: bool = False) -> BeamResult:
     """num_beams = 1: argmax each step until EOS (HF greedy semantics)."""
     B = input_ids.shape[0]
-    mask = attention_mask
-    logits, cache = _forward(model, input_ids, mask, _positions(mask), None)
+    logits, cache, mask = _prefill(model, input_ids, attention_mask, pad_id, share_prefix)
     if trie is not None:
         max_new_tokens = min(max_new_tokens, trie.max_depth)
     seqs = torch.full((B, max_new_tokens), pad_id, dtype=torch.long)
@@ -163,24 +203,28 @@ def greedy_search(model, input_ids, attention_mask, max_new_tokens: int, eos_id:
 @torch.inference_mode()
 def beam_search(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, num_beams: int, max_new_tokens: int,
                 eos_id: int, pad_id: int, trie: TitleTrie | None = None, length_penalty: float = 1.0,
-                reuse_prompt_cache: bool = True) -> BeamResult:
-    """Batched beam search for left-padded prompts [B, P]; returns the K finished beams of each prompt."""
+                reuse_prompt_cache: bool = True, share_prefix: bool = False) -> BeamResult:
+    """Batched beam search for left-padded prompts [B, P]; returns the K finished beams of each prompt.
+
+    ``share_prefix`` (only with ``reuse_prompt_cache``): encode the prompts' common token prefix once per batch.
+    """
     K = int(num_beams)
     if K == 1:
-        return greedy_search(model, input_ids, attention_mask, max_new_tokens, eos_id, pad_id, trie)
+        return greedy_search(model, input_ids, attention_mask, max_new_tokens, eos_id, pad_id, trie, share_prefix)
     B = input_ids.shape[0]
     if trie is not None:  # every catalogue sequence ends within the trie's depth
         max_new_tokens = min(max_new_tokens, trie.max_depth)
     T = max_new_tokens
     if reuse_prompt_cache:
-        logits, cache = _forward(model, input_ids, attention_mask, _positions(attention_mask), None)
+        logits, cache, mask = _prefill(model, input_ids, attention_mask, pad_id, share_prefix)
         cache.batch_repeat_interleave(K)  # copy the prompt's KV to the K beams instead of recomputing it
         logits = logits.repeat_interleave(K, 0)
     else:  # stock behaviour: the prompt runs once per beam
         ids = input_ids.repeat_interleave(K, 0)
         logits, cache = _forward(model, ids, attention_mask.repeat_interleave(K, 0),
                                  _positions(attention_mask.repeat_interleave(K, 0)), None)
-    mask = attention_mask.repeat_interleave(K, 0)
+        mask = attention_mask
+    mask = mask.repeat_interleave(K, 0)
     V = logits.shape[-1]
     running = torch.full((B, K, T), pad_id, dtype=torch.long)
     running_scores = torch.full((B, K), NEG)

@@ -43,6 +43,7 @@ class GenConfig:
     batch_size: int = 8
     length_penalty: float | None = None  # None: 1.0 (HF default) free, 0.0 constrained (rank items by log p)
     reuse_prompt_cache: bool = True   # encode the prompt once, copy its KV cache to the beams
+    share_prefix: bool = True         # encode the template prefix common to a batch once
     max_history: int = 10
     domain: str = "generic"
     dtype: str = "float32"
@@ -107,7 +108,7 @@ class HFBackend:
         res = beam_search(self.model, enc["input_ids"], enc["attention_mask"], self.cfg.num_beams,
                           self.cfg.max_new_tokens, int(self.tok.eos_token_id), int(self.tok.pad_token_id),
                           trie=self.trie, length_penalty=self.cfg.length_penalty,
-                          reuse_prompt_cache=self.cfg.reuse_prompt_cache)
+                          reuse_prompt_cache=self.cfg.reuse_prompt_cache, share_prefix=self.cfg.share_prefix)
         out = []
         for b in range(len(prompts)):
             texts = [self.tok.decode(t, skip_special_tokens=True).strip() for t in res.tokens[b]]
