@@ -193,6 +193,10 @@ def run(name: str, args) -> dict:
         out["sasrec"] = {"run": str(rd), "best_epoch": res["best_epoch"], "seconds": round(secs, 1),
                          **{s: {k: round(res[s][f"{s}/{proto}/{k}"], 4) for k in ("HR@20", "NDCG@20")}
                             for s in ("valid", "test")}}
+        from dllm2rec.evaluation.protocol import rank_targets
+
+        for s in ("valid", "test"):  # the same student with history items masked (the teacher's protocol)
+            out["sasrec"][f"{s}-excl-history"] = _metrics(rank_targets(model, ds[s], exclude_history=True).numpy())
         t_top = teacher.topk(ds, "test", n=20)
         s_top = student_topk(model, ds["test"], 20)
         out["overlap_teacher_vs_sasrec_test"] = overlap(t_top, s_top)
