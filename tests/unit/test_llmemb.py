@@ -112,6 +112,14 @@ def test_bad_config():
         LLMEmbConfig(mask_history="maybe")
     with pytest.raises(ConfigError):
         LLMEmbConfig(dim=30, n_heads=4)
+    with pytest.raises(ConfigError):
+        LLMEmbConfig(adapter="deep")
+
+
+def test_linear_adapter_without_bias(ds):
+    t = LLMEmbTeacher(_cfg(adapter="linear", item_bias=False, epochs=1)).fit(ds)
+    assert t.model.bias is None and len(t.model.adapter) == 2
+    assert t.artifacts(ds).n_rows == len(ds["train"])
 
 
 def test_unknown_encoder(ds):

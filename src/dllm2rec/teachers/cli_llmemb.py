@@ -33,6 +33,8 @@ def register(app: typer.Typer) -> None:
         batch_size: int = typer.Option(256),
         id_emb: bool = typer.Option(False, "--id-emb/--no-id-emb",
                                     help="Add a learned per-item ID embedding to the adapted title embedding."),
+        adapter: str = typer.Option("mlp", help="Title adapter: mlp (384 -> 2d -> d) | linear (384 -> d)."),
+        item_bias: bool = typer.Option(True, "--item-bias/--no-item-bias", help="Learned per-item score bias."),
         all_positions: bool = typer.Option(False, "--all-positions/--last-position",
                                            help="Cross-entropy at every prefix position, or at the last one only."),
         mask_history: str = typer.Option("auto", help="Mask history items when ranking: auto (chosen on "
@@ -48,7 +50,7 @@ def register(app: typer.Typer) -> None:
 
         ds = SeqDataset.load(dataset)
         cfg = LLMEmbConfig(encoder=encoder, dim=dim, n_layers=layers, n_heads=heads, dropout=dropout, id_emb=id_emb,
-                           all_positions=all_positions, lr=lr, weight_decay=weight_decay, batch_size=batch_size,
+                           all_positions=all_positions, adapter=adapter, item_bias=item_bias, lr=lr, weight_decay=weight_decay, batch_size=batch_size,
                            epochs=epochs, patience=patience, mask_history=mask_history, cv_folds=cv_folds,
                            top_n=top_n, seed=seed, threads=threads)
         command = "dllm2rec " + " ".join(shlex.quote(a) for a in sys.argv[1:])

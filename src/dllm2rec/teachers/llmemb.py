@@ -51,6 +51,7 @@ class LLMEmbConfig:
     dropout: float = 0.2
     id_emb: bool = False           # pure LLM-embedding items by default (see docs/llm_emb_teacher.md)
     item_bias: bool = True
+    adapter: str = "mlp"           # "mlp" (384 -> 2d -> d) | "linear" (384 -> d: items stay a linear map of the text)
     all_positions: bool = False   # CE at every prefix position too (SASRec-style) instead of the last one only
     lr: float = 1e-3
     weight_decay: float = 0.01
@@ -73,6 +74,8 @@ class LLMEmbConfig:
             self.cv_folds = 0
         if self.top_n < 1:
             raise ConfigError("top_n must be >= 1")
+        if self.adapter not in ("mlp", "linear"):
+            raise ConfigError(f"adapter must be mlp or linear, got {self.adapter!r}")
 
 
 class LLMEmbSeqModel(nn.Module):
@@ -80,15 +83,19 @@ class LLMEmbSeqModel(nn.Module):
     students' evaluation protocol (``dllm2rec.evaluation.protocol.rank_targets``) runs on it unchanged."""
 
     def __init__(self, title_emb: np.ndarray | torch.Tensor, max_len: int = 10, dim: int = 64, n_layers: int = 2,
-                 n_heads: int = 2, dropout: float = 0.2, id_emb: bool = True, item_bias: bool = True):
+                 n_heads: int = 2, dropout: float = 0.2, id_emb: bool = True, item_bias: bool = True,
+                 adapter: str = "mlp"):
         super().__init__()
         z = torch.as_tensor(np.asarray(title_emb, dtype=np.float32))
         z = z - z.mean(0, keepdim=True)
         z = z / z.pow(2).mean().sqrt().clamp(min=1e-8)  # unit RMS: encoders differ wildly in scale
         self.register_buffer("title", z, persistent=True)
         self.n_items, self.max_len, self.dim = int(z.shape[0]), int(max_len), int(dim)
-        self.adapter = nn.Sequential(nn.Linear(z.shape[1], 2 * dim), nn.GELU(), nn.Dropout(dropout),
-                                     nn.Linear(2 * dim, dim), nn.LayerNorm(dim))
+        if adapter == "linear":
+            self.adapter = nn.Sequential(nn.Linear(z.shape[1], dim), nn.LayerNorm(dim))
+        else:
+            self.adapter = nn.Sequential(nn.Linear(z.shape[1], 2 * dim), nn.GELU(), nn.Dropout(dropout),
+                                         nn.Linear(2 * dim, dim), nn.LayerNorm(dim))
         self.id_emb = nn.Embedding(self.n_items, dim) if id_emb else None
         if self.id_emb is not None:
             nn.init.normal_(self.id_emb.weight, 0.0, 0.02)
@@ -217,7 +224,7 @@ def train_model(title_emb: np.ndarray, train, valid, n_items: int, max_len: int,
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     model = LLMEmbSeqModel(title_emb, max_len, cfg.dim, cfg.n_layers, cfg.n_heads, cfg.dropout, cfg.id_emb,
-                           cfg.item_bias)
+                           cfg.item_bias, cfg.adapter)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
                             weight_decay=cfg.weight_decay)
     seq_all = torch.from_numpy(train.seq)
@@ -381,7 +388,7 @@ class LLMEmbTeacher:
         state = load_file(str(path / "model.safetensors"))
         c = t.cfg
         t.model = LLMEmbSeqModel(np.zeros((meta["n_items"], meta["title_dim"]), np.float32), meta["max_len"], c.dim,
-                                 c.n_layers, c.n_heads, c.dropout, c.id_emb, c.item_bias)
+                                 c.n_layers, c.n_heads, c.dropout, c.id_emb, c.item_bias, c.adapter)
         t.model.load_state_dict(state)
         t.model.eval()
         t.mask, t.info = bool(meta["mask"]), meta.get("info", {})
