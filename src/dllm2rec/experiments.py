@@ -7,7 +7,8 @@
 Layout: ``<out>/<dataset>/<student>/<method>/s<seed>/`` with the trainer's files plus ``experiment.json`` (the
 method label and the exact overrides, so a run can be repeated with ``dllm2rec train``). A run whose
 ``results.json`` exists is skipped; with ``resume=True`` a killed run continues from its ``last/`` checkpoint (without
-it, a half-finished run starts again from scratch). Runs go seed-major (all cells of seed 0 first), so a grid cut
+it, a half-finished run starts again from scratch); with ``resume=True`` a finished run that stopped at a smaller epoch
+cap (not by early stopping) is continued up to the current ``train.epochs``. Runs go seed-major (all cells of seed 0 first), so a grid cut
 short still has balanced cells. ``jobs > 1`` runs that many subprocesses at once, each with ``train.num_threads=1``.
 
 A method is a name in :data:`METHODS`; every method maps to config overrides — the one place ablations are defined.
@@ -123,9 +124,24 @@ class RunSpec:
             label += " (synthetic teacher)"
         return label
 
+    extend_to: int | None = None   # with resume: a run that hit a smaller epoch cap is continued up to this cap
+
     @property
     def done(self) -> bool:
-        return (self.run_dir / "results.json").is_file()
+        f = self.run_dir / "results.json"
+        if not f.is_file():
+            return False
+        if self.extend_to is None:
+            return True
+        try:
+            res = json.loads(f.read_text(encoding="utf-8"))
+            train = res["config"]["train"]
+            ran, cap, best, pat = int(res["epochs_run"]), int(train["epochs"]), int(res["best_epoch"]), \
+                int(train["patience"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return True
+        stopped_early = ran < cap or ran - best >= pat
+        return stopped_early or cap >= self.extend_to or not self.started
 
     @property
     def started(self) -> bool:
@@ -148,6 +164,11 @@ class GridSpec:
     def runs(self) -> list[RunSpec]:
         out = Path(self.out)
         specs = []
+        extend_to = None
+        if self.resume:  # finished runs that ran into a smaller epoch cap are continued to the current one
+            from dllm2rec.config import load_config
+
+            extend_to = load_config(self.config, list(self.overrides)).train.epochs
         for seed in self.seeds:
             for data in self.data:
                 for student in self.students:
@@ -158,7 +179,8 @@ class GridSpec:
                         ds = dataset_label(data)
                         ov.append(f"name={ds}-{student}-{method}-s{seed}")
                         specs.append(RunSpec(data, student, method, seed,
-                                             out / ds / student / method / f"s{seed}", ov, self.teacher))
+                                             out / ds / student / method / f"s{seed}", ov, self.teacher,
+                                             extend_to))
         return specs
 
 

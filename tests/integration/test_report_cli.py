@@ -149,3 +149,22 @@ def test_experiment_skips_cells_locked_by_a_live_process(tiny_dataset_dir, tmp_p
     assert not busy.done and stale.done
     assert any("another process is training it" in m for m in logs)
     assert not (stale.run_dir / ".lock").exists() and res["finished"] == 1
+
+
+def test_resume_extends_runs_that_hit_the_epoch_cap(tiny_dataset_dir, tmp_path):
+    from dllm2rec.experiments import GridSpec, run_grid
+
+    base = ["model.dim=8", "train.num_threads=1", "train.ks=[10,20]", "train.patience=50"]
+
+    def grid(epochs, resume):
+        return GridSpec(data=[str(tiny_dataset_dir)], students=["gru4rec"], methods=["none"], seeds=[0],
+                        out=tmp_path / "exp", overrides=base + [f"train.epochs={epochs}"], resume=resume)
+
+    run_grid(grid(1, False), log=lambda m: None)
+    spec = grid(2, True).runs()[0]
+    assert not spec.done                                        # hit cap 1 < 2: extendable
+    assert grid(2, False).runs()[0].done                        # without --resume: finished is finished
+    run_grid(grid(2, True), log=lambda m: None)
+    res = json.loads((spec.run_dir / "results.json").read_text())
+    assert res["epochs_run"] == 2 and len((spec.run_dir / "log.jsonl").read_text().splitlines()) == 2
+    assert grid(2, True).runs()[0].done
