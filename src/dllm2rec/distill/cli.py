@@ -243,7 +243,8 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(Path("runs/exp"), "--out"),
         config: Optional[Path] = typer.Option(None, "--config", "-c", help="base YAML config"),
         override: list[str] = typer.Option([], "--set", "-o", help="dotted override for every run"),
-        resume: bool = typer.Option(False, "--resume", help="continue killed runs from their last checkpoint"),
+        resume: bool = typer.Option(False, "--resume", help="continue killed runs from their last checkpoint, and runs "
+                                    "that stopped at a smaller epoch cap"),
         jobs: int = typer.Option(1, "--jobs", min=1, help="parallel subprocesses (each train.num_threads=1)"),
         dry_run: bool = typer.Option(False, "--dry-run", help="list the runs and their state, train nothing"),
         no_report: bool = typer.Option(False, "--no-report", help="skip the report at the end"),
