@@ -8,8 +8,8 @@ Layout: ``<out>/<dataset>/<student>/<method>/s<seed>/`` with the trainer's files
 method label and the exact overrides, so a run can be repeated with ``dllm2rec train``). A run whose
 ``results.json`` exists is skipped; with ``resume=True`` a killed run continues from its ``last/`` checkpoint (without
 it, a half-finished run starts again from scratch); with ``resume=True`` a finished run that stopped at a smaller epoch
-cap (not by early stopping) is continued up to the current ``train.epochs``. Runs go seed-major (all cells of seed 0 first), so a grid cut
-short still has balanced cells. ``jobs > 1`` runs that many subprocesses at once, each with ``train.num_threads=1``.
+cap (not by early stopping) is continued up to the current ``train.epochs``. Runs go seed-major (all cells of seed 0
+first), so a grid cut short still has balanced cells. ``jobs > 1`` runs that many subprocesses at once, each with ``train.num_threads=1``.
 
 A method is a name in :data:`METHODS`; every method maps to config overrides — the one place ablations are defined.
 """
