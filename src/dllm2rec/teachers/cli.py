@@ -53,6 +53,7 @@ def register(app: typer.Typer) -> None:
         max_history: int = typer.Option(10),
         seed: int = typer.Option(0),
         dtype: str = typer.Option("float32"),
+        device: str = typer.Option("cpu", help="cpu | cuda | auto."),
         threads: Optional[int] = typer.Option(None, help="torch threads."),
         resume: bool = typer.Option(False, help="Continue from OUT/last."),
     ) -> None:
@@ -70,7 +71,7 @@ def register(app: typer.Typer) -> None:
                              target_modules=[m.strip() for m in target_modules.split(",") if m.strip()],
                              train_on_inputs=train_on_inputs, cutoff_len=cutoff_len, eval_every=eval_every,
                              patience=patience, domain=dataset_domain(ds, domain), max_history=max_history,
-                             dtype=dtype)
+                             dtype=dtype, device=device)
         typer.echo(json.dumps(run(ds, resolve_model(model), out, cfg, resume=resume), indent=1))
 
     @app.command()
@@ -102,6 +103,7 @@ def register(app: typer.Typer) -> None:
         domain: Optional[str] = typer.Option(None),
         max_history: int = typer.Option(10),
         dtype: str = typer.Option("float32", help="float32 | bfloat16."),
+        device: str = typer.Option("cpu", help="cpu | cuda | auto (hf backend)."),
         threads: Optional[int] = typer.Option(None),
     ) -> None:
         """Beam generation for one split, sharded and resumable (paper-spec §2.3)."""
@@ -125,7 +127,7 @@ def register(app: typer.Typer) -> None:
         def factory():
             if backend == "vllm":
                 return VLLMBackend(str(ref.path), cfg, None if adapter is None else str(adapter))
-            return HFBackend(load_causal_lm(ref, dtype, adapter), load_tokenizer(ref), cfg, ds.titles)
+            return HFBackend(load_causal_lm(ref, dtype, adapter, device=device), load_tokenizer(ref), cfg, ds.titles)
 
         res = run_generation(ds, split, out, factory, cfg, ref.model_id, adapter, positions, shard_size,
                              worker_id, num_workers, lock_timeout, extra={"command": _command()})

@@ -140,8 +140,18 @@ def load_tokenizer(ref: ModelRef) -> Any:
     return tok
 
 
-def load_causal_lm(ref: ModelRef, dtype: str = "float32", adapter: str | Path | None = None, merge: bool = True):
-    """Base causal LM (eval mode), optionally with a LoRA adapter merged in (faster inference, same outputs)."""
+def resolve_device(device: str | None) -> str:
+    """'auto' (or None) -> cuda when available, else cpu; anything else is passed to torch as is."""
+    if device in (None, "", "auto"):
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def load_causal_lm(ref: ModelRef, dtype: str = "float32", adapter: str | Path | None = None, merge: bool = True,
+                   device: str | None = "cpu"):
+    """Base causal LM (eval mode) on ``device``, optionally with a LoRA adapter merged in (faster, same outputs)."""
     require_teacher_extra()
     from transformers import AutoModelForCausalLM
 
@@ -156,5 +166,6 @@ def load_causal_lm(ref: ModelRef, dtype: str = "float32", adapter: str | Path | 
         model = PeftModel.from_pretrained(model, str(apath))
         if merge:
             model = model.merge_and_unload()
+    model.to(resolve_device(device))
     model.eval()
     return model

@@ -94,7 +94,8 @@ def _forward_params(cls: type) -> frozenset:
 
 def _forward(model, ids, mask, pos, cache):
     params = _forward_params(type(model))
-    kw = {"input_ids": ids, "attention_mask": mask, "position_ids": pos, "use_cache": True}
+    dev = model.device  # search bookkeeping stays on the CPU; only the model's inputs/outputs move
+    kw = {"input_ids": ids.to(dev), "attention_mask": mask.to(dev), "position_ids": pos.to(dev), "use_cache": True}
     # transformers >= 5 renamed past_key_values -> cache; older versions only know the former
     kw["cache" if "cache" in params else "past_key_values"] = cache
     if "logits_to_keep" in params:  # only the last position's logits are needed (saves the LM head on the prompt)
@@ -103,7 +104,7 @@ def _forward(model, ids, mask, pos, cache):
     new_cache = getattr(out, "past_key_values", None)
     if new_cache is None:
         new_cache = getattr(out, "cache", None)
-    return out.logits[:, -1, :].float(), new_cache
+    return out.logits[:, -1, :].float().cpu(), new_cache
 
 
 def shared_prefix_len(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> int:

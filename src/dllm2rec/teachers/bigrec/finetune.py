@@ -50,6 +50,7 @@ class FinetuneConfig:
     domain: str = "generic"
     max_history: int = 10
     dtype: str = "float32"
+    device: str = "cpu"               # cpu | cuda | auto
 
 
 def encode_example(tok, prompt: str, response: str, cutoff_len: int, train_on_inputs: bool) -> tuple[list, list]:
@@ -100,7 +101,8 @@ def eval_loss(model, examples, pad_id: int, batch_size: int) -> float:
     with torch.inference_mode():
         for s in range(0, len(examples), batch_size):
             ids, mask, lab = collate(examples[s:s + batch_size], pad_id)
-            out = model(input_ids=ids, attention_mask=mask, labels=lab)
+            out = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device),
+                        labels=lab.to(model.device))
             k = int((lab[:, 1:] != -100).sum())
             tot += float(out.loss) * k
             ntok += k
@@ -122,7 +124,7 @@ def finetune(dataset, model_ref, out: str | Path, cfg: FinetuneConfig, resume: b
         raise Dllm2recError(f"{out}: holds a fine-tuning checkpoint; pass --resume to continue or use a new --out")
     torch.manual_seed(cfg.seed)
     tok = load_tokenizer(model_ref)
-    model = load_causal_lm(model_ref, cfg.dtype)
+    model = load_causal_lm(model_ref, cfg.dtype, device=cfg.device)
     lcfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                       target_modules=list(cfg.target_modules), bias="none", task_type="CAUSAL_LM")
     try:
@@ -154,7 +156,7 @@ def finetune(dataset, model_ref, out: str | Path, cfg: FinetuneConfig, resume: b
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda)
     state = {"step": 0, "best": float("inf"), "bad": 0, "history": [], "train_seconds": 0.0, "samples_seen": 0}
     if resume and (last / "state.pt").is_file():
-        ck = torch.load(last / "state.pt", weights_only=False)
+        ck = torch.load(last / "state.pt", weights_only=False, map_location="cpu")
         set_peft_model_state_dict(model, load_peft_weights(str(last)))
         opt.load_state_dict(ck["opt"])
         sched.load_state_dict(ck["sched"])
@@ -206,7 +208,8 @@ def finetune(dataset, model_ref, out: str | Path, cfg: FinetuneConfig, resume: b
         loss_sum = 0.0
         for ch in chunks:
             ids, mask, lab = collate([train_ex[i] for i in ch], pad)
-            loss = model(input_ids=ids, attention_mask=mask, labels=lab).loss
+            dev = model.device
+            loss = model(input_ids=ids.to(dev), attention_mask=mask.to(dev), labels=lab.to(dev)).loss
             k = int((lab[:, 1:] != -100).sum())
             (loss * k / max(ntok_all, 1)).backward()  # token-weighted over the accumulated micro-batches
             loss_sum += float(loss.detach()) * k

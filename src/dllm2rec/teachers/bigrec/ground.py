@@ -78,9 +78,10 @@ class LastTokenEncoder(TextEncoder):
         enc = self.tok(texts, return_tensors="pt", padding=True)
         pos = (enc["attention_mask"].long().cumsum(-1) - 1).clamp(min=0)
         # the decoder stack alone (no LM head over the vocabulary); its output is hidden_states[-1]
-        out = self.model.get_decoder()(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
-                                       position_ids=pos, use_cache=False)
-        return out.last_hidden_state[:, -1, :].float().numpy()
+        dev = self.model.device
+        out = self.model.get_decoder()(input_ids=enc["input_ids"].to(dev), attention_mask=enc["attention_mask"].to(dev),
+                                       position_ids=pos.to(dev), use_cache=False)
+        return out.last_hidden_state[:, -1, :].float().cpu().numpy()
 
 
 class MiniLMEncoder(TextEncoder):
