@@ -16,8 +16,8 @@ ones continue from their last epoch, so the script can be stopped and restarted 
 
 Budget on the 2-core development machine (one run at a time, ``train.num_threads=1``, other jobs on the machine):
 one epoch incl. validation takes ~6-9 s for SASRec / Caser on ML-100K (72 k training rows), ~4-6 s on LastFM
-(51 k rows), GRU4Rec ~30 % less. Plain students stop early after 20-60 epochs, so table (a) is ~18 runs × 3-8 min
-≈ 1.5-2 h; table (b) is 2 × (12 + 18) = 60 runs, DLLM2Rec epochs cost up to 2× a plain one: ≈ 6-10 h. The epoch
+(51 k rows), GRU4Rec ~30 % less. Measured: table (a) = 18 runs in 72 min (ML-100K runs stop early after 20-45
+epochs, 2.5-4.5 min each; LastFM runs need 45-100 epochs, 4-10 min each); table (b) is 2 × (12 + 18) = 60 runs, DLLM2Rec epochs cost up to 2× a plain one: ≈ 6-10 h. The epoch
 cap (``--epochs``, default 100) and patience (10, as the official script) are printed in each table's caption.
 """
 from __future__ import annotations
