@@ -10,7 +10,16 @@ from typing import Any, Optional
 
 import typer
 
-SHIPPED_TEACHERS = Path("artifacts/teachers")
+SHIPPED_TEACHERS = Path("artifacts/teachers")  # in the checkout; also looked up next to an editable install
+
+
+def shipped_teacher_dir(dataset_name: str) -> Path:
+    """artifacts/teachers/<dataset> in the working directory, else in the source checkout (editable install)."""
+    here = SHIPPED_TEACHERS / dataset_name
+    if (here / "manifest.json").is_file():
+        return here
+    repo = Path(__file__).resolve().parents[3] / SHIPPED_TEACHERS / dataset_name
+    return repo if (repo / "manifest.json").is_file() else here
 
 
 def _ints(text: str) -> list[int]:
@@ -138,7 +147,7 @@ def run_tune(config: Path | None, overrides: list[str], space: dict[str, tuple[s
 
 
 # ------------------------------------------------------------------------------------------------ demo helpers
-def find_teacher(dataset_name: str, teacher: str | None) -> tuple[str, str]:
+def find_teacher(dataset_name: str, teacher: str | None, dataset=None) -> tuple[str, str]:
     """(teacher spec, human description). Shipped artifacts if present, else the labelled synthetic teacher."""
     if teacher:
         kind = "random" if teacher.startswith("random") else "synthetic" if teacher.startswith("synthetic") else None
@@ -148,7 +157,16 @@ def find_teacher(dataset_name: str, teacher: str | None) -> tuple[str, str]:
             return teacher, ("SYNTHETIC teacher (a noisy oracle that knows the true next item; NOT an LLM — it "
                              "shows that the mechanism works, not what an LLM teacher gives)")
         return teacher, f"teacher artifacts {teacher}"
-    shipped = SHIPPED_TEACHERS / dataset_name
+    shipped = shipped_teacher_dir(dataset_name)
+    if (shipped / "manifest.json").is_file() and dataset is not None:
+        from dllm2rec.errors import ArtifactError
+        from dllm2rec.teachers.artifacts import TeacherArtifacts
+
+        try:  # e.g. ML-100K prepared from another source (RecBole titles) has another fingerprint
+            TeacherArtifacts.load(shipped, dataset)
+        except ArtifactError as e:
+            return "synthetic", (f"SYNTHETIC teacher — the shipped artifacts do not match this dataset ({e}). "
+                                 "A noisy oracle that knows the true next item; NOT an LLM")
     if (shipped / "manifest.json").is_file():
         try:
             man = json.loads((shipped / "manifest.json").read_text(encoding="utf-8"))
@@ -294,7 +312,7 @@ def register(app: typer.Typer) -> None:
         ds = load_dataset(data)
         typer.echo(f"[1/4] dataset {ds.name}: {ds.n_items} items, "
                    f"{len(ds['train'])}/{len(ds['valid'])}/{len(ds['test'])} train/valid/test rows")
-        spec, desc = find_teacher(ds.name, teacher)
+        spec, desc = find_teacher(ds.name, teacher, ds)
         typer.echo(f"[2/4] teacher: {desc}")
         methods = ["none"] + (["random"] if control and not spec.startswith("random") else []) + ["dllm2rec"]
         ov = [f"train.epochs={2 if quick else epochs}", "train.patience=10"] + list(override)

@@ -369,12 +369,7 @@ def run_training(cfg: RunConfig, dataset: SeqDataset | None = None, resume: bool
 
 
 def resolve_dataset(path_or_name: str) -> SeqDataset:
-    """A prepared dataset directory, or a preset name prepared on first use (data layer)."""
-    p = Path(path_or_name)
-    if (p / "manifest.json").is_file():
-        return SeqDataset.load(p)
-    try:
-        from dllm2rec.data.cli import load_or_prepare
-    except ImportError:
-        return SeqDataset.load(p)
+    """A prepared dataset directory, or a preset name (ml-100k, lastfm, ...) prepared on first use."""
+    from dllm2rec.data.registry import load_or_prepare
+
     return load_or_prepare(path_or_name)
