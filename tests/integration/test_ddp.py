@@ -16,6 +16,7 @@ import os
 import signal
 import socket
 import subprocess
+import warnings
 import sys
 import time
 from pathlib import Path
@@ -78,12 +79,20 @@ def _env() -> dict:
 
 
 def _start(root: Path, run: str, *extra: str, resume: bool = False) -> subprocess.Popen:
-    return subprocess.Popen(_cmd(root, run, *extra, resume=resume), env=_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    p = subprocess.Popen(_cmd(root, run, *extra, resume=resume), env=_env(), stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True)
+    p.launch = (extra, resume)  # type: ignore[attr-defined]
+    return p
 
 
-def _finish(p: subprocess.Popen, root: Path, run: str) -> dict:
+def _finish(p: subprocess.Popen, root: Path, run: str, retry: bool = True) -> dict:
     out, _ = p.communicate(timeout=300)
+    if p.returncode != 0 and retry and "exitcode: -6" in out and hasattr(p, "launch"):
+        # gloo on a loaded 2-core box: a worker very rarely aborts (SIGABRT) in the TCP transport; relaunch once
+        # (resumable), still failing the test if it happens twice. Seen ~1 in 20 launches in CI here.
+        extra, _ = p.launch
+        warnings.warn("torchrun worker aborted (SIGABRT); relaunching once with --resume")
+        return _finish(_start(root, run, *extra, resume=True), root, run, retry=False)
     if p.returncode != 0:
         err = [x for x in out.splitlines() if "find_unused_parameters" not in x]
         pytest.fail("torchrun failed:\n" + "\n".join(err[-80:]))
