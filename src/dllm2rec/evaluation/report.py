@@ -524,13 +524,19 @@ def _plt():
     return plt
 
 
-def plot_curves(groups: list[Group], path: str | Path, metric: str = "NDCG@20") -> Path:
-    """Validation ``metric`` per epoch, one line per method (mean over the seeds that reached that epoch)."""
+def _panel_grid(groups: list[Group], height: float):
+    """One subplot per (dataset, student), at most 3 per row: (plt, panels, fig, axes)."""
     plt = _plt()
     panels = sorted({(g.dataset, g.student) for g in groups})
     ncol = min(3, len(panels)) or 1
     nrow = math.ceil(len(panels) / ncol) or 1
-    fig, axes = plt.subplots(nrow, ncol, figsize=(5.2 * ncol, 3.8 * nrow), squeeze=False)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(5.2 * ncol, height * nrow), squeeze=False)
+    return plt, panels, fig, axes
+
+
+def plot_curves(groups: list[Group], path: str | Path, metric: str = "NDCG@20") -> Path:
+    """Validation ``metric`` per epoch, one line per method (mean over the seeds that reached that epoch)."""
+    plt, panels, fig, axes = _panel_grid(groups, height=3.8)
     for ax, (ds, st) in zip(axes.flat, panels):
         for g in [g for g in groups if (g.dataset, g.student) == (ds, st)]:
             key = None
@@ -566,11 +572,7 @@ def plot_curves(groups: list[Group], path: str | Path, metric: str = "NDCG@20") 
 def plot_bars(groups: list[Group], path: str | Path, metric: str = "NDCG@20",
               teacher_metrics: dict[str, dict[str, float]] | None = None) -> Path:
     """Test ``metric`` per method (error bar = 95 % CI) for each (dataset, student), with the teacher's bar."""
-    plt = _plt()
-    panels = sorted({(g.dataset, g.student) for g in groups})
-    ncol = min(3, len(panels)) or 1
-    nrow = math.ceil(len(panels) / ncol) or 1
-    fig, axes = plt.subplots(nrow, ncol, figsize=(5.2 * ncol, 4.0 * nrow), squeeze=False)
+    plt, panels, fig, axes = _panel_grid(groups, height=4.0)
     for ax, (ds, st) in zip(axes.flat, panels):
         gs = [g for g in groups if (g.dataset, g.student) == (ds, st)]
         names, means, errs, colors = [], [], [], []
