@@ -52,6 +52,9 @@ class OptimConfig(_Strict):
     lr: float = 1e-3
     weight_decay: float = 0.0
     eps: float = 1e-8
+    fused: bool | None = Field(None, description="fused Adam/AdamW kernel (one pass over all parameters; ~10x "
+                               "cheaper steps on CPU for these small models). None: on when every parameter is "
+                               "a floating tensor on a CPU/CUDA device; same updates as the default loop")
 
 
 class TrainConfig(_Strict):

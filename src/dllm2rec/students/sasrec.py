@@ -32,18 +32,32 @@ class _Block(nn.Module):
         self.ff_drop = nn.Dropout(dropout)
         self.ln_ff = nn.LayerNorm(dim)
 
-    def forward(self, x: torch.Tensor, attn_bias: torch.Tensor, qmask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attn_bias: torch.Tensor, qmask: torch.Tensor,
+                q_pos: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, L, D] -> [B, L, D]; with ``q_pos`` ([B] positions) only those queries: -> [B, 1, D].
+
+        Keys and values always cover the whole sequence, so the output at a position is the same either way;
+        computing just the one query the state needs skips 3 of the 5 projections' rows and (L-1)/L of the
+        attention, the FFN and their dropout masks (training throughput, issue 2).
+        """
         B, L, D = x.shape
         h = self.n_heads
-        xq = self.ln_q(x)
-        q = self.q(xq).view(B, L, h, D // h).transpose(1, 2)
+        xs = x
+        if q_pos is not None:
+            xs = x.gather(1, q_pos.view(B, 1, 1).expand(B, 1, D))  # [B, 1, D]
+            attn_bias = attn_bias.expand(B, attn_bias.shape[1], L, L).gather(
+                2, q_pos.view(B, 1, 1, 1).expand(B, attn_bias.shape[1], 1, L))
+            qmask = qmask.expand(B, 1, L, 1).gather(2, q_pos.view(B, 1, 1, 1))
+        Lq = xs.shape[1]
+        xq = self.ln_q(xs)
+        q = self.q(xq).view(B, Lq, h, D // h).transpose(1, 2)
         k = self.k(x).view(B, L, h, D // h).transpose(1, 2)
         v = self.v(x).view(B, L, h, D // h).transpose(1, 2)
         # official scaling uses the full hidden size, not the per-head size
         att = torch.matmul(q, k.transpose(-1, -2)) / (D ** 0.5) + attn_bias
         att = torch.softmax(att, dim=-1) * qmask  # zero the rows of padded queries
         att = self.attn_drop(att)
-        out = torch.matmul(att, v).transpose(1, 2).reshape(B, L, D) + xq
+        out = torch.matmul(att, v).transpose(1, 2).reshape(B, Lq, D) + xq
         y = self.ln_ff_in(out)
         y = self.ln_ff(self.ff_drop(self.w2(F.relu(self.w1(y)))) + y)
         return y
@@ -69,17 +83,29 @@ class SASRec(SequentialStudent):
     def hidden_dim(self) -> int:
         return self.dim
 
-    def encode(self, seq: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
-        B, L = seq.shape
+    def _prepare(self, seq: torch.Tensor):
+        L = seq.shape[1]
         mask = self.pad_mask(seq)  # [B, L, 1]
         x = self.embed_items(seq) + self.pos_emb.weight[:L]
         x = self.emb_drop(x) * mask
         keypad = seq == self.n_items  # [B, L]
         blocked = self.causal[:L, :L][None, None] | keypad[:, None, None, :]
         attn_bias = torch.zeros(blocked.shape, dtype=x.dtype, device=x.device).masked_fill(blocked, -1e9)
-        qmask = mask.unsqueeze(1)  # [B, 1, L, 1]
+        return x, mask, attn_bias, mask.unsqueeze(1)  # qmask [B, 1, L, 1]
+
+    def sequence_states(self, seq: torch.Tensor) -> torch.Tensor:
+        """Output at every position, [B, L, D] (before the final LayerNorm's gather; padded positions are 0)."""
+        x, mask, attn_bias, qmask = self._prepare(seq)
         for blk in self.blocks:
             x = blk(x, attn_bias, qmask) * mask
-        x = self.ln_out(x)
-        idx = (lens.clamp(min=1) - 1).view(B, 1, 1).expand(B, 1, self.dim)
-        return x.gather(1, idx).squeeze(1)
+        return self.ln_out(x)
+
+    def encode(self, seq: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
+        B = seq.shape[0]
+        x, mask, attn_bias, qmask = self._prepare(seq)
+        for blk in self.blocks[:-1]:
+            x = blk(x, attn_bias, qmask) * mask
+        # the state is the output at len-1: the last block only needs that query (same value as computing all)
+        pos = lens.clamp(min=1) - 1
+        x = self.blocks[-1](x, attn_bias, qmask, q_pos=pos) * mask.gather(1, pos.view(B, 1, 1))
+        return self.ln_out(x.squeeze(1))

@@ -87,7 +87,11 @@ class Trainer:
         self.model.to(self.device)
         params = list(self.model.parameters()) + list(self.strategy.extra_parameters())
         opt_cls = torch.optim.AdamW if cfg.optim.name == "adamw" else torch.optim.Adam
-        self.optimizer = opt_cls(params, lr=cfg.optim.lr, eps=cfg.optim.eps, weight_decay=cfg.optim.weight_decay)
+        fused = cfg.optim.fused
+        if fused is None:
+            fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+        self.optimizer = opt_cls(params, lr=cfg.optim.lr, eps=cfg.optim.eps, weight_decay=cfg.optim.weight_decay,
+                                 fused=bool(fused) or None)
         self.ddp = None
         if self.world > 1:
             self.ddp = dist_.wrap(self.model, self.strategy.extra_parameters(), self.step_loss, self.device)
@@ -126,8 +130,9 @@ class Trainer:
         ctx = StepContext(self.model, state, seq, lens, tgt, self.train_row[idx], neg, epoch, step)
         terms: dict[str, torch.Tensor] = {}
         if cfg.loss.kind == "bce":
-            pos_s = self.model.score_items(state, tgt)
-            neg_s = self.model.score_items(state, neg)
+            # one gather for target + negatives: its backward zero-fills the [N, H] output-layer gradient once
+            s = self.model.score_items(state, torch.cat([tgt[:, None], neg], dim=1))
+            pos_s, neg_s = s[:, 0], s[:, 1:]
             terms["bce"] = losses.bce_loss(pos_s, neg_s)
         else:
             terms["ce"] = losses.ce_loss(ctx.full_scores, tgt)
