@@ -29,6 +29,7 @@ class StepContext:
     epoch: int = 0
     step: int = 0
     _full: torch.Tensor | None = field(default=None, repr=False)
+    _dros: list = field(default_factory=list, repr=False)
 
     @property
     def full_scores(self) -> torch.Tensor:
@@ -36,6 +37,19 @@ class StepContext:
         if self._full is None:
             self._full = self.model.score_all(self.state)
         return self._full
+
+    def dros(self, ps: torch.Tensor, beta: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """(DROS sum with the target swapped, plain sum) per row over ``full_scores`` (``losses.dros_lse``),
+        computed once per step for equal (ps, β): the student's DROS loss and the official distillation's
+        per-candidate DROS terms share one pass over [B, N]."""
+        from dllm2rec.training.losses import dros_lse
+
+        for cps, cbeta, out in self._dros:
+            if cbeta == beta and (cps is ps or (cps.shape == ps.shape and torch.equal(cps, ps))):
+                return out
+        out = dros_lse(self.full_scores, self.target, ps, beta)
+        self._dros.append((ps, beta, out))
+        return out
 
 
 class Strategy:

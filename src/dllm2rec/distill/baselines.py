@@ -169,7 +169,7 @@ class HintStrategy(Strategy):
         ids = torch.unique(torch.cat([ctx.seq.reshape(-1), ctx.target]))
         ids = ids[ids != self.pad]
         b = ctx.model.item_emb(ids)
-        z = self.z[ids]
+        z = self.z.index_select(0, ids)
         if self.p["direction"] == "student":
             mse = (self.reg(b) - z).pow(2).mean()
         else:

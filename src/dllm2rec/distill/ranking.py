@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from dllm2rec.training.losses import dros_lse  # a leaf module (torch only)
+
 
 def _mask(x: torch.Tensor, covered: torch.Tensor | None) -> torch.Tensor:
     if covered is None:
@@ -43,18 +45,23 @@ def official_ranking_loss(pos: torch.Tensor, neg: torch.Tensor, w: torch.Tensor,
 
 
 def dro_candidate_terms(full_scores: torch.Tensor, candidates: torch.Tensor, ps: torch.Tensor,
-                        beta: float = 1.0) -> torch.Tensor:
+                        beta: float = 1.0, cand_scores: torch.Tensor | None = None,
+                        row_lse: torch.Tensor | None = None) -> torch.Tensor:
     """[B, K]: the DROS loss of each row with candidate c_k as the positive, all K at once.
 
     dro_bk = log( Σ_j e^{ps_j ŷ_j²/β} − e^{ps_c ŷ_c²/β} + e^{ps_c (ŷ_c−1)²/β} ), c = c_bk  (spec §1.2.4).
     The row's logsumexp is computed once over [B, N] (one fused kernel), then corrected per candidate in float64 on
     [B, K] only: dro = lse + log(1 − e^{a_c − lse} + e^{b_c − lse}). The official script recomputes the full float64
-    [B, N] sum once per candidate.
+    [B, N] sum once per candidate. ``cand_scores`` ([B, K]) and ``row_lse`` ([B], log Σ_j e^{ps_j ŷ_j²/β}, e.g.
+    from ``StepContext.dros``): pass them if the caller has them.
     """
-    a = (ps.to(full_scores.dtype) / beta)[None, :] * full_scores.pow(2)  # [B, N]
-    lse = torch.logsumexp(a, dim=1, keepdim=True).to(torch.float64)  # [B, 1]
+    if row_lse is None:  # the plain row sum does not depend on which column dros_lse swaps
+        row_lse = dros_lse(full_scores, candidates[:, 0], ps, beta)[1]
+    lse = row_lse[:, None].to(torch.float64)  # [B, 1]
     p64 = ps.to(torch.float64)
-    yc = full_scores.gather(1, candidates).to(torch.float64)  # [B, K]
+    if cand_scores is None:  # the same values; passing them avoids a [B, N] gradient for the gather
+        cand_scores = full_scores.gather(1, candidates)
+    yc = cand_scores.to(torch.float64)  # [B, K]
     ac = p64[candidates] * yc.pow(2) / beta
     bc = p64[candidates] * (yc - 1.0).pow(2) / beta
     inner = 1.0 - torch.exp(ac - lse) + torch.exp(bc - lse)

@@ -150,20 +150,23 @@ class DLLM2RecStrategy(Strategy):
         use_dro = official and bool(p["dros_alpha"])
         if use_dro and self.ps is None:
             raise ConfigError(f"{self.registry_name}: dros_alpha > 0 needs the dataset's item frequencies")
-        need_full = p["use_consistency"] or use_dro
         w = self.importance_weights(ctx, cand, dist)
-        pos = ctx.full_scores.gather(1, cand) if need_full else ctx.model.score_items(ctx.state, cand)
+        # candidate (+ negative) scores by one gather of output rows, not from the [B, N] scores: a gather on
+        # those would zero-fill a [B, N] gradient in the backward pass
+        K = cand.shape[1]
+        with_neg = official or bool(p["neg_term"])
+        s = ctx.model.score_items(ctx.state, torch.cat([cand, ctx.neg], dim=1) if with_neg else cand)
+        pos, neg = s[:, :K], (s[:, K:] if with_neg else None)
         out: dict[str, torch.Tensor] = {}
         if official:
-            neg = ctx.model.score_items(ctx.state, ctx.neg)
             out["rd"] = p["lam"] * ranking.official_ranking_loss(pos, neg, w, cov)
             if use_dro:
                 if self.ps.device != pos.device:
                     self.ps = self.ps.to(pos.device)
-                dro = ranking.dro_candidate_terms(ctx.full_scores, cand, self.ps, p["dros_beta"])
+                dro = ranking.dro_candidate_terms(ctx.full_scores, cand, self.ps, p["dros_beta"], cand_scores=pos,
+                                                  row_lse=ctx.dros(self.ps, p["dros_beta"])[1])
                 out["rd_dro"] = p["lam"] * p["dros_alpha"] * ranking.official_dro_part(w, dro, cov)
         else:
-            neg = ctx.model.score_items(ctx.state, ctx.neg) if p["neg_term"] else None
             out["rd"] = p["lam"] * ranking.paper_ranking_loss(pos, w, cov, neg)
         return out
 

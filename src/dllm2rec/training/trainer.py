@@ -137,8 +137,7 @@ class Trainer:
         else:
             terms["ce"] = losses.ce_loss(ctx.full_scores, tgt)
         if self.ps is not None:
-            terms["dros"] = cfg.loss.dros_alpha * losses.dros_term(ctx.full_scores, tgt, self.ps,
-                                                                   cfg.loss.dros_beta).mean()
+            terms["dros"] = cfg.loss.dros_alpha * ctx.dros(self.ps, cfg.loss.dros_beta)[0].mean()
         for k, v in self.strategy.loss(ctx).items():
             terms[k] = v
         return terms
