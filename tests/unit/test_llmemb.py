@@ -164,3 +164,45 @@ def test_cli_fit_llmemb(ds, tmp_path):
     # the saved full model reproduces the artifacts' rankings
     t = LLMEmbTeacher.load_model(tmp_path / "model", ds)
     np.testing.assert_array_equal(t.topk(ds, "train", n=5), art.topk_ids)
+    # rescore the saved model with a popularity adjustment, no retraining
+    res = CliRunner().invoke(app, ["rescore-llmemb", str(tmp_path / "model"), str(tmp_path / "data"),
+                                   "--out", str(tmp_path / "art-tau"), "--pop-tau", "3.0"])
+    assert res.exit_code == 0, res.output
+    art2 = TeacherArtifacts.load(tmp_path / "art-tau", ds)
+    assert art2.manifest["pop_tau"] == 3.0 and art2.manifest["rescored_from"] == str(tmp_path / "model")
+    counts = ds.item_counts("train")
+    assert counts[art2.topk_ids[:, 0]].mean() < counts[art.topk_ids[:, 0]].mean()  # less popular top items
+
+
+def test_popularity_offset_by_hand(ds):
+    from dllm2rec.teachers.llmemb import popularity_offset
+
+    assert popularity_offset(ds, 0.0) is None
+    off = popularity_offset(ds, 0.5)
+    c = ds.item_counts("train")
+    i = int(np.argmax(c))
+    assert off[i].item() == pytest.approx(0.5 * np.log(1 + c[i]))
+    assert off[np.argmin(c)].item() == pytest.approx(0.5 * np.log(1 + c.min()))
+    with pytest.raises(ConfigError, match="pop_tau"):
+        LLMEmbConfig(pop_tau=-1)
+
+
+def test_pop_tau_ranks_only_in_eval_mode(ds, fitted):
+    from dllm2rec.teachers.llmemb import popularity_offset
+
+    m = fitted.model
+    seq, lens = torch.from_numpy(ds["valid"].seq[:8]), torch.from_numpy(ds["valid"].len[:8])
+    base = m.eval()(seq, lens)
+    try:
+        fitted.set_pop_tau(2.0, ds)
+        torch.testing.assert_close(m(seq, lens), base - popularity_offset(ds, 2.0))
+        m.train()
+        torch.manual_seed(0)
+        a = m(seq, lens)
+        m.rank_offset = None
+        torch.manual_seed(0)
+        torch.testing.assert_close(a, m(seq, lens))  # training never sees the adjustment
+    finally:
+        fitted.set_pop_tau(0.0, ds)
+        m.eval()
+    assert fitted.cfg.pop_tau == 0.0 and m.rank_offset is None

@@ -40,6 +40,9 @@ def register(app: typer.Typer) -> None:
         mask_history: str = typer.Option("auto", help="Mask history items when ranking: auto (chosen on "
                                                       "validation) | on | off."),
         cv_folds: int = typer.Option(0, help="K >= 2: score training rows by K-fold cross-fitting; 0 = in-sample."),
+        pop_tau: float = typer.Option(0.0, "--pop-tau", help="Rank by score − τ·log(1 + training count) "
+                                      "(popularity logit adjustment; choose τ on validation with "
+                                      "benchmarks/teacher_debias.py). 0 = off."),
         threads: int = typer.Option(1, help="torch threads (keep 1 on shared machines)."),
         model_dir: Path = typer.Option(None, "--model-dir",
                                        help="Also save the trained full model here (for benchmarks / scoring)."),
@@ -52,7 +55,7 @@ def register(app: typer.Typer) -> None:
         cfg = LLMEmbConfig(encoder=encoder, dim=dim, n_layers=layers, n_heads=heads, dropout=dropout, id_emb=id_emb,
                            all_positions=all_positions, adapter=adapter, item_bias=item_bias, lr=lr, weight_decay=weight_decay, batch_size=batch_size,
                            epochs=epochs, patience=patience, mask_history=mask_history, cv_folds=cv_folds,
-                           top_n=top_n, seed=seed, threads=threads)
+                           top_n=top_n, pop_tau=pop_tau, seed=seed, threads=threads)
         command = "dllm2rec " + " ".join(shlex.quote(a) for a in sys.argv[1:])
         _, art = fit_and_save(ds, out, cfg, log=lambda m: typer.echo(m, err=True), model_dir=model_dir,
                               command=command)
@@ -62,3 +65,35 @@ def register(app: typer.Typer) -> None:
                    "teacher_valid": m["teacher_valid"], "teacher_test": m["teacher_test"],
                    "train_row_stats": m["train_row_stats"], "seconds": m["total_seconds"]}
         typer.echo(json.dumps(summary, indent=1))
+
+    @app.command("rescore-llmemb")
+    def rescore_llmemb(
+        model_dir: Path = typer.Argument(..., help="A model saved by `fit-llmemb --model-dir`."),
+        dataset: Path = typer.Argument(..., help="The prepared dataset it was trained on."),
+        out: Path = typer.Option(..., "--out", help="Artifacts directory to write (atomically)."),
+        pop_tau: float = typer.Option(None, "--pop-tau", help="Popularity adjustment τ (default: the model's)."),
+        top_n: int = typer.Option(None, "--top-n", help="Items per training row (default: the model's)."),
+        threads: int = typer.Option(1),
+    ) -> None:
+        """Write llm-emb artifacts from a saved model without retraining (e.g. another --pop-tau). Training rows are
+        scored in-sample by the full model (fold models of --cv-folds are not saved)."""
+        import torch
+
+        from dllm2rec.data.schema import SeqDataset
+        from dllm2rec.teachers.llmemb import LLMEmbTeacher
+
+        torch.set_num_threads(threads)
+        ds = SeqDataset.load(dataset)
+        t = LLMEmbTeacher.load_model(model_dir, ds)
+        if pop_tau is not None:
+            t.set_pop_tau(pop_tau, ds)
+        if top_n is not None:
+            t.cfg.top_n = top_n
+        t.cfg.cv_folds = 0
+        command = "dllm2rec " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+        art = t.artifacts(ds, command=command, rescored_from=str(model_dir))
+        art.save(out, ds)
+        m = art.manifest
+        typer.echo(json.dumps({"out": str(out), "pop_tau": m["pop_tau"], "rows": art.n_rows, "top_n": art.top_n,
+                               "teacher_valid": m["teacher_valid"], "teacher_test": m["teacher_test"],
+                               "train_row_stats": m["train_row_stats"]}, indent=1))

@@ -61,6 +61,7 @@ class LLMEmbConfig:
     mask_history: str = "auto"    # "auto" (chosen on validation) | "on" | "off"
     cv_folds: int = 0             # 0/1: score training rows with the full model; K >= 2: K-fold cross-fitting
     top_n: int = 20
+    pop_tau: float = 0.0          # rank by score − τ·log(1 + training count) (logit adjustment; 0 = off)
     seed: int = 0
     threads: int = 1
     eval_batch: int = 1024
@@ -74,6 +75,8 @@ class LLMEmbConfig:
             self.cv_folds = 0
         if self.top_n < 1:
             raise ConfigError("top_n must be >= 1")
+        if self.pop_tau < 0:
+            raise ConfigError(f"pop_tau must be >= 0, got {self.pop_tau}")
         if self.adapter not in ("mlp", "linear"):
             raise ConfigError(f"adapter must be mlp or linear, got {self.adapter!r}")
 
@@ -111,6 +114,8 @@ class LLMEmbSeqModel(nn.Module):
         causal = torch.triu(torch.full((max_len + 1, max_len + 1), float("-inf")), diagonal=1)
         self.register_buffer("causal", causal, persistent=False)
         self._reps: torch.Tensor | None = None  # cached item representations in eval mode
+        # popularity adjustment subtracted when *ranking* (eval mode only; training never sees it), see pop_tau
+        self.rank_offset: torch.Tensor | None = None
 
     def item_reps(self) -> torch.Tensor:
         if not self.training and self._reps is not None:
@@ -142,7 +147,11 @@ class LLMEmbSeqModel(nn.Module):
     def score_all(self, state: torch.Tensor, reps: torch.Tensor | None = None) -> torch.Tensor:
         reps = self.item_reps() if reps is None else reps
         s = state @ reps.T
-        return s + self.bias if self.bias is not None else s
+        if self.bias is not None:
+            s = s + self.bias
+        if self.rank_offset is not None and not self.training:
+            s = s - self.rank_offset
+        return s
 
     def forward(self, seq: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
         return self.score_all(self.encode(seq, lens))
@@ -191,6 +200,19 @@ def score_rows(model: LLMEmbSeqModel, split, rows: np.ndarray | None = None, mas
     cat = np.concatenate
     return (cat(ids).astype(np.int64), cat(dists).astype(np.float32), cat(tds).astype(np.float32),
             torch.cat(ranks).numpy().astype(np.float64))
+
+
+def popularity_offset(dataset, tau: float) -> torch.Tensor | None:
+    """τ·log(1 + n_i), n_i = item i's count as a training target; None for τ = 0.
+
+    Logit adjustment (Menon et al., ICLR 2021): ranking by ŷ_i − τ·log(1 + n_i) moves the teacher's lists away from
+    the popular items every sequential student already ranks high, towards the complementary items DLLM2Rec's
+    ranking distillation feeds on (the paper's BIGRec teacher shares 1–4 % of the student's top-20). τ is chosen on
+    validation (``benchmarks/teacher_debias.py``); the distances in the artifacts are those of the adjusted scores.
+    """
+    if not tau:
+        return None
+    return float(tau) * torch.log1p(torch.as_tensor(dataset.item_counts("train"), dtype=torch.float32))
 
 
 def _ndcg20(ranks: np.ndarray) -> float:
@@ -335,6 +357,16 @@ class LLMEmbTeacher:
                 fold_info.append({k: v for k, v in fi.items() if k != "history"} | {"rows_held_out": int(len(held))})
             self.info["folds"] = fold_info
         self.info["fit_seconds"] = round(time.time() - t0, 1)
+        self.set_pop_tau(cfg.pop_tau, dataset)
+        return self
+
+    def set_pop_tau(self, tau: float, dataset) -> "LLMEmbTeacher":
+        """Rank with the popularity adjustment τ (see :func:`popularity_offset`); the trained weights are untouched."""
+        self._need_model()
+        self.cfg.pop_tau = float(tau)
+        off = popularity_offset(dataset, tau)
+        for m in [self.model, *(fm for _, fm in getattr(self, "fold_models", []))]:
+            m.rank_offset = off
         return self
 
     # ------------------------------------------------------------------ evaluation
@@ -392,10 +424,12 @@ class LLMEmbTeacher:
         t.model.load_state_dict(state)
         t.model.eval()
         t.mask, t.info = bool(meta["mask"]), meta.get("info", {})
+        t.fold_models = []
         if dataset is not None:
             from dllm2rec.teachers.encoders import encode_titles
 
             t.title_emb = encode_titles(dataset.titles, c.encoder)
+            t.set_pop_tau(c.pop_tau, dataset)
         return t
 
     def _need_model(self) -> None:
@@ -436,6 +470,8 @@ class LLMEmbTeacher:
                         "smaller is better, exp(-d) is the teacher's probability",
             "target_distance": "same d for the true target (the target is always kept in the softmax)",
             "mask_history": bool(self.mask),
+            "pop_tau": float(cfg.pop_tau),
+            "ranking": "score" if not cfg.pop_tau else f"score - {cfg.pop_tau:g} * log(1 + training-target count)",
             "train_row_scoring": scoring,
             "config": asdict(cfg),
             "fit": {k: v for k, v in self.info.items() if k != "history"},
