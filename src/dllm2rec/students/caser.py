@@ -56,10 +56,3 @@ class Caser(SequentialStudent):
             k += h
         v = torch.einsum("bld,l->bd", x, self.vertical.weight.view(L)) + self.vertical.bias  # [B, d]
         return self.drop(torch.cat([v, *hs], dim=1))
-
-    def encode_conv(self, seq: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
-        """Reference: the same state through ``Conv2d`` as the official code computes it (tests compare the two)."""
-        x = (self.embed_items(seq) * self.pad_mask(seq)).unsqueeze(1)  # [B, 1, L, d]
-        hs = [F.relu(conv(x)).squeeze(3).amax(dim=2) for conv in self.horizontal]  # each [B, F]
-        v = self.vertical(x).view(x.shape[0], -1)  # [B, d]
-        return self.drop(torch.cat([v, *hs], dim=1))

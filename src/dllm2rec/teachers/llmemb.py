@@ -315,6 +315,7 @@ class LLMEmbTeacher:
         self.title_emb: np.ndarray | None = None
         self.mask: bool = self.cfg.mask_history != "off"
         self.info: dict = {}
+        self.fold_models: list[tuple[np.ndarray, LLMEmbSeqModel]] = []  # (held-out rows, model) with cv_folds >= 2
         self.log: Callable[[str], None] = lambda m: None
 
     # ------------------------------------------------------------------ training
@@ -344,7 +345,7 @@ class LLMEmbTeacher:
             self.mask = cfg.mask_history == "on"
         info["encode_seconds"] = round(enc_s, 1)
         self.info = info
-        self.fold_models: list[tuple[np.ndarray, LLMEmbSeqModel]] = []
+        self.fold_models = []
         if cfg.cv_folds >= 2:
             folds = _folds(train, cfg.cv_folds, cfg.seed)
             fold_info = []
@@ -365,7 +366,7 @@ class LLMEmbTeacher:
         self._need_model()
         self.cfg.pop_tau = float(tau)
         off = popularity_offset(dataset, tau)
-        for m in [self.model, *(fm for _, fm in getattr(self, "fold_models", []))]:
+        for m in [self.model, *(fm for _, fm in self.fold_models)]:
             m.rank_offset = off
         return self
 
@@ -424,7 +425,6 @@ class LLMEmbTeacher:
         t.model.load_state_dict(state)
         t.model.eval()
         t.mask, t.info = bool(meta["mask"]), meta.get("info", {})
-        t.fold_models = []
         if dataset is not None:
             from dllm2rec.teachers.encoders import encode_titles
 
