@@ -22,8 +22,8 @@ from teacher_quality import overlap, popularity, student_topk  # noqa: E402
 
 
 def row(t, ds, split: str, s_top, pop_hr: float) -> dict:
-    m = t.evaluate(ds, split, ks=(20,))  # keys say "full/"; the teacher's ranks exclude history when t.mask
-    hr, nd = m["full/HR@20"], m["full/NDCG@20"]
+    m = t.evaluate(ds, split, ks=(20,))
+    hr, nd = m[f"{t.protocol}/HR@20"], m[f"{t.protocol}/NDCG@20"]
     ov = overlap(t.topk(ds, split, 20), s_top)
     return {"HR@20": round(hr, 4), "NDCG@20": round(nd, 4), "x_pop": round(hr / pop_hr, 2),
             "overlap_pct": ov["mean_overlap_pct"], "rows_ge_20pct": ov["rows_overlap_ge_20pct_pct"]}

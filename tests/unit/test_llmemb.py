@@ -72,8 +72,19 @@ def test_teacher_learns_structure(ds, fitted):
     v = ds["valid"]
     pop = torch.tensor(ds.item_counts("train"), dtype=torch.float64).expand(len(v), -1)
     pop_hr = metrics_from_ranks(target_ranks(pop, torch.from_numpy(v.target)), ks=(20,))["full/HR@20"]
-    hr = fitted.evaluate(ds, "valid", ks=(20,))["full/HR@20"]
+    hr = fitted.evaluate(ds, "valid", ks=(20,))[f"{fitted.protocol}/HR@20"]
     assert hr > pop_hr
+
+
+def test_evaluate_keys_name_the_protocol(ds, fitted):
+    """Masked-history ranking must not be reported under the plain ``full/`` label."""
+    chosen = fitted.mask
+    try:
+        for mask, proto in ((True, "full-excl"), (False, "full")):
+            fitted.mask = mask
+            assert set(fitted.evaluate(ds, "valid", ks=(20,))) == {f"{proto}/HR@20", f"{proto}/NDCG@20"}
+    finally:
+        fitted.mask = chosen
 
 
 def test_score_rows_distances_match_softmax(ds, fitted):

@@ -371,12 +371,20 @@ class LLMEmbTeacher:
         return self
 
     # ------------------------------------------------------------------ evaluation
+    @property
+    def protocol(self) -> str:
+        """``full-excl`` when the teacher ranks with the history masked, else ``full`` (the metric-key prefix)."""
+        from dllm2rec.evaluation.protocol import protocol_name
+
+        return protocol_name(self.mask)
+
     def evaluate(self, dataset, split: str = "test", ks=(1, 5, 10, 20)) -> dict:
+        """Full-ranking metrics keyed by protocol (``full-excl/HR@20`` when history is masked)."""
         from dllm2rec.evaluation.metrics import metrics_from_ranks
 
         self._need_model()
         ranks = _eval_ranks(self.model, dataset[split], self.mask, self.cfg.eval_batch)
-        return metrics_from_ranks(ranks, ks=ks)
+        return metrics_from_ranks(ranks, ks=ks, protocol=self.protocol)
 
     def topk(self, dataset, split: str = "test", n: int | None = None) -> np.ndarray:
         self._need_model()
