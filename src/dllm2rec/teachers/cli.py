@@ -173,6 +173,19 @@ def register(app: typer.Typer) -> None:
         typer.echo(json.dumps(art.stats(), indent=1))
 
     @app.command()
+    def merge(
+        adapter: Path = typer.Option(..., help="LoRA adapter directory (`teacher finetune`'s OUT/adapter)."),
+        out: Path = typer.Option(..., help="New directory for the merged model (refused if it exists)."),
+        model: str = typer.Option("smollm2-135m", help="Base model: local HF dir, .gguf file, or alias."),
+        dtype: str = typer.Option("float32", help="float32 | bfloat16 | float16 (weights as saved)."),
+    ) -> None:
+        """Merge a LoRA adapter into its base model: one HF directory for `generate --backend vllm` or any server."""
+        from dllm2rec.teachers.models import merge_adapter, resolve_model
+
+        path = merge_adapter(resolve_model(model), adapter, out, dtype=dtype)
+        typer.echo(json.dumps({"merged_model": str(path), "use": f"--model {path} (no --adapter)"}, indent=1))
+
+    @app.command()
     def evaluate(
         dataset: Path = typer.Option(..., help="Prepared dataset directory."),
         gen: Path = typer.Option(..., help="Generation directory of a valid/test split."),

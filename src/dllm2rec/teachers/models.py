@@ -169,3 +169,27 @@ def load_causal_lm(ref: ModelRef, dtype: str = "float32", adapter: str | Path | 
     model.to(resolve_device(device))
     model.eval()
     return model
+
+
+def merge_adapter(ref: ModelRef, adapter: str | Path, out: str | Path, dtype: str = "float32") -> Path:
+    """Write base model + LoRA adapter merged into one standalone HF directory (safetensors weights + tokenizer).
+
+    This is what servers without LoRA support load (the ``vllm`` generation backend, ``transformers`` pipelines);
+    outputs equal base + adapter up to float rounding. The directory appears atomically; an existing one is refused.
+    """
+    import json
+
+    from dllm2rec.utils.io import atomic_dir
+
+    out = Path(out)
+    if out.exists():
+        raise Dllm2recError(f"{out}: already exists; choose a new --out (a merged model is never overwritten)")
+    model = load_causal_lm(ref, dtype, adapter=adapter, merge=True)
+    tok = load_tokenizer(ref)
+    with atomic_dir(out) as tmp:
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        tok.save_pretrained(str(tmp))
+        meta = {"base_model": ref.model_id, "base_path": str(ref.path), "adapter": str(Path(adapter).resolve()),
+                "dtype": dtype}
+        (tmp / "dllm2rec_merge.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
+    return out

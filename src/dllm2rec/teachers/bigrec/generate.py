@@ -134,8 +134,8 @@ class VLLMBackend:
 
             raise MissingDependencyError("the vllm backend needs vLLM and a GPU: pip install -e .[vllm]") from None
         if adapter:  # vLLM serves merged weights most simply; merge the LoRA adapter first
-            raise ConfigError("vllm backend: merge the adapter into the base model first (peft merge_and_unload) "
-                              "and pass the merged directory as --model")
+            raise ConfigError("vllm backend: merge the adapter into the base model first "
+                              "(`dllm2rec teacher merge --model M --adapter A --out DIR`) and pass --model DIR")
         self.llm = LLM(model=model_path, dtype="bfloat16" if cfg.dtype in ("bf16", "bfloat16") else "auto")
         self.params = BeamSearchParams(beam_width=cfg.num_beams, max_tokens=cfg.max_new_tokens,
                                        length_penalty=cfg.length_penalty)
