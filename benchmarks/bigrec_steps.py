@@ -64,7 +64,7 @@ def main(argv=None) -> int:
 
         t = LLMEmbTeacher.load_model(a.llmemb_model, ds)
         r = _eval_ranks(t.model, ds[split], t.mask, 1024)[pos]
-        rows.append((f"llm-emb teacher ({Path(a.llmemb_model).name})", "full-excl" if t.mask else "full",
+        rows.append((f"llm-emb teacher ({Path(a.llmemb_model).name})", t.protocol,
                      *fmt(metrics_from_ranks(r, ks=(20,)))))
     print(f"{ds.name}, {len(pos)} {split} rows of {a.gen} (seeded random selection)")
     print("| model | protocol | HR@20 | NDCG@20 | × popularity HR@20 |")
