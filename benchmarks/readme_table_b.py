@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from dllm2rec.evaluation.report import CONTROL_LABEL
+from dllm2rec.evaluation.report import CONTROL_LABEL, teacher_metrics_from_dir
 from dllm2rec.utils.io import atomic_write_text
 
 DATASETS = {"ml-100k": "ML-100K", "lastfm": "LastFM"}
@@ -38,16 +38,16 @@ def pct(x: float, ref: float) -> str:
 
 
 def teacher_test(root: Path, dataset: str) -> tuple[float, float, str] | None:
-    """(NDCG@20, HR@20, protocol) of the shipped teacher from its manifest, or None."""
-    mf = root / dataset / "manifest.json"
-    if not mf.is_file():
+    """(NDCG@20, HR@20, protocol) of the shipped teacher, from the metrics recorded with its artifacts, or None."""
+    test = teacher_metrics_from_dir(root / dataset).get("test", {})
+    by_metric = {k.split("/")[-1]: (v, k.split("/")[0]) for k, v in test.items()}  # "full-excl/NDCG@20" -> ...
+    if "NDCG@20" not in by_metric or "HR@20" not in by_metric:
         return None
-    tt = json.loads(mf.read_text(encoding="utf-8")).get("teacher_test", {})
-    get = {k.split("/")[-1]: (v, k.split("/")[0]) for k, v in tt.items()}
-    if "NDCG@20" not in get or "HR@20" not in get:
-        return None
-    mask = json.loads(mf.read_text(encoding="utf-8")).get("mask_history", False)
-    return get["NDCG@20"][0], get["HR@20"][0], "full-excl" if mask else "full"
+    return by_metric["NDCG@20"][0], by_metric["HR@20"][0], by_metric["NDCG@20"][1]
+
+
+def mean_ci(s: dict, n: int) -> str:
+    return f"{num(s['mean'])} ± {num(s['ci95'])}" if n > 1 else num(s["mean"])
 
 
 def rows(summary: dict, teacher_root: Path) -> list[str]:
@@ -63,11 +63,10 @@ def rows(summary: dict, teacher_root: Path) -> list[str]:
                     continue
                 nd, hr = g["stats"]["test/NDCG@20"], g["stats"]["test/HR@20"]
                 dag = " †" if g["hit_epoch_cap"] else ""
-                ci = (lambda s: f"{num(s['mean'])} ± {num(s['ci95'])}" if g["n"] > 1 else num(s["mean"]))
                 d_none = "–" if m == "none" or base is None else pct(nd["mean"], base["stats"]["test/NDCG@20"]["mean"])
                 d_ctl = "–" if m == CONTROL_LABEL or ctl is None else pct(nd["mean"],
                                                                            ctl["stats"]["test/NDCG@20"]["mean"])
-                out.append(f"| {ds_label} | {st_label} | {m_label}{dag} | {g['n']} | {ci(nd)} | {ci(hr)} | "
+                out.append(f"| {ds_label} | {st_label} | {m_label}{dag} | {g['n']} | {mean_ci(nd, g['n'])} | {mean_ci(hr, g['n'])} | "
                            f"{d_none} | {d_ctl} |")
         t = teacher_test(teacher_root, ds)
         if t is not None and any(k[0] == ds for k in groups):
