@@ -8,6 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from dllm2rec.cli import app
+from dllm2rec.errors import ArtifactError
 
 runner = CliRunner()
 
@@ -17,10 +18,14 @@ def test_demo_quick_end_to_end(tiny_dataset_dir, tmp_path, monkeypatch):
 
     if "dllm2rec" not in available("strategy"):
         pytest.skip("dllm2rec strategy not available")
-    monkeypatch.chdir(tmp_path)          # no shipped teacher here -> the labelled synthetic teacher
+    monkeypatch.chdir(tmp_path)          # no shipped teacher here: the demo stops, unless a teacher is named
     out = tmp_path / "demo"
-    r = runner.invoke(app, ["demo", "--data", str(tiny_dataset_dir), "--quick", "--out", str(out),
-                            "-o", "model.dim=8", "-o", "train.num_threads=1"])
+    r0 = runner.invoke(app, ["demo", "--data", str(tiny_dataset_dir), "--quick", "--out", str(out)])
+    assert isinstance(r0.exception, ArtifactError), r0.output        # main() prints it as one line, exit 2
+    assert "no shipped teacher artifacts" in str(r0.exception) and "--teacher" in str(r0.exception)
+    assert not out.exists()
+    r = runner.invoke(app, ["demo", "--data", str(tiny_dataset_dir), "--quick", "--out", str(out), "--teacher",
+                            "synthetic", "-o", "model.dim=8", "-o", "train.num_threads=1"])
     assert r.exit_code == 0, r.output
     assert "SYNTHETIC teacher" in r.output
     md = (out / "report.md").read_text()
@@ -32,7 +37,7 @@ def test_demo_quick_end_to_end(tiny_dataset_dir, tmp_path, monkeypatch):
     assert all(json.loads(p.read_text())["epochs_run"] <= 2 for p in runs)
     # a second call reuses the finished runs
     r2 = runner.invoke(app, ["demo", "--data", str(tiny_dataset_dir), "--quick", "--out", str(out),
-                             "-o", "model.dim=8", "-o", "train.num_threads=1"])
+                             "--teacher", "synthetic", "-o", "model.dim=8", "-o", "train.num_threads=1"])
     assert r2.exit_code == 0 and "3 finished, 0 to do" in r2.output
 
     # why (not): teacher HR@K, overlap and gain on teacher-right rows, for the demo's runs

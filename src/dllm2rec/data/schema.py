@@ -158,6 +158,7 @@ class SeqDataset:
         return self[split].content_hash()
 
     def fingerprint(self) -> str:
+        """Content hash of everything (ids, splits and titles): the integrity check of the files on disk."""
         h = hashlib.sha256()
         h.update(f"{self.n_items}|{self.max_len}".encode())
         h.update("\n".join(self.titles).encode("utf-8"))
@@ -166,6 +167,23 @@ class SeqDataset:
             h.update(self.split_hash(name).encode())
         return h.hexdigest()[:16]
 
+    def interactions_fingerprint(self) -> str:
+        """Hash of what a ranking teacher depends on: catalogue size, window length and every split's rows.
+
+        Titles are left out on purpose: the same interactions with other title strings (ML-100K from ``u.item``
+        has "Toy Story (1995)", RecBole's copy "Toy Story") are the same recommendation problem, so teacher
+        artifacts keyed to this hash stay valid; titles are compared apart (:meth:`titles_hash`) and reported.
+        """
+        h = hashlib.sha256()
+        h.update(f"interactions|{self.n_items}|{self.max_len}".encode())
+        for name in sorted(self.splits):
+            h.update(name.encode())
+            h.update(self.split_hash(name).encode())
+        return h.hexdigest()[:16]
+
+    def titles_hash(self) -> str:
+        return hashlib.sha256("\n".join(self.titles).encode("utf-8")).hexdigest()[:16]
+
     def item_counts(self, split: str = "train") -> np.ndarray:
         """How often each item is a target in ``split`` (DROS propensities, popularity baseline)."""
         return np.bincount(self[split].target, minlength=self.n_items)
@@ -173,7 +191,8 @@ class SeqDataset:
     def stats(self) -> dict:
         users = set()
         inter = 0
-        out = {"name": self.name, "items": self.n_items, "max_len": self.max_len, "fingerprint": self.fingerprint()}
+        out = {"name": self.name, "items": self.n_items, "max_len": self.max_len, "fingerprint": self.fingerprint(),
+               "interactions_fingerprint": self.interactions_fingerprint(), "titles_hash": self.titles_hash()}
         for name, s in self.splits.items():
             out[f"rows/{name}"] = len(s)
             if s.user is not None:

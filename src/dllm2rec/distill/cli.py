@@ -148,7 +148,16 @@ def run_tune(config: Path | None, overrides: list[str], space: dict[str, tuple[s
 
 # ------------------------------------------------------------------------------------------------ demo helpers
 def find_teacher(dataset_name: str, teacher: str | None, dataset=None) -> tuple[str, str]:
-    """(teacher spec, human description). Shipped artifacts if present, else the labelled synthetic teacher."""
+    """(teacher spec, human description) for the demo.
+
+    ``teacher`` given: used as is (``random``/``synthetic`` are labelled as the controls they are). Otherwise the
+    shipped artifacts for the dataset, checked against it (ids, interactions, splits; other title strings are
+    reported, not refused). No silent substitute: without matching artifacts this raises a one-line error naming
+    the fix — the synthetic oracle is a test fixture, never the demo's default.
+    """
+    from dllm2rec.errors import ArtifactError
+    from dllm2rec.teachers.artifacts import TeacherArtifacts
+
     if teacher:
         kind = "random" if teacher.startswith("random") else "synthetic" if teacher.startswith("synthetic") else None
         if kind == "random":
@@ -158,24 +167,23 @@ def find_teacher(dataset_name: str, teacher: str | None, dataset=None) -> tuple[
                              "shows that the mechanism works, not what an LLM teacher gives)")
         return teacher, f"teacher artifacts {teacher}"
     shipped = shipped_teacher_dir(dataset_name)
-    if (shipped / "manifest.json").is_file() and dataset is not None:
-        from dllm2rec.errors import ArtifactError
-        from dllm2rec.teachers.artifacts import TeacherArtifacts
-
-        try:  # e.g. ML-100K prepared from another source (RecBole titles) has another fingerprint
-            TeacherArtifacts.load(shipped, dataset)
-        except ArtifactError as e:
-            return "synthetic", (f"SYNTHETIC teacher — the shipped artifacts do not match this dataset ({e}). "
-                                 "A noisy oracle that knows the true next item; NOT an LLM")
-    if (shipped / "manifest.json").is_file():
+    fix = (f"fit one with `dllm2rec teacher fit-llmemb DATASET --out DIR` and pass `--teacher DIR` "
+           f"(or `--teacher synthetic` for a labelled oracle smoke test)")
+    if not (shipped / "manifest.json").is_file():
+        raise ArtifactError(f"{shipped}: no shipped teacher artifacts for dataset '{dataset_name}'; {fix}")
+    notes: list[str] = []
+    if dataset is not None:
         try:
-            man = json.loads((shipped / "manifest.json").read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
-            man = {}
-        what = man.get("label") or man.get("teacher") or "LLM teacher"
-        return str(shipped), f"shipped teacher artifacts {shipped} ({what})"
-    return "synthetic", (f"SYNTHETIC teacher — no LLM-teacher artifacts at {shipped} yet. A noisy oracle that knows "
-                         "the true next item; NOT an LLM: it shows the mechanism works, not what an LLM teacher gives")
+            notes = TeacherArtifacts.load(shipped, dataset).notes
+        except ArtifactError as e:
+            raise ArtifactError(f"{e}; {fix}") from None
+    try:
+        man = json.loads((shipped / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        man = {}
+    what = man.get("label") or man.get("teacher") or "LLM teacher"
+    desc = f"shipped teacher artifacts {shipped} ({what})"
+    return str(shipped), desc + "".join(f"\n      note: {n}" for n in notes)
 
 
 def register(app: typer.Typer) -> None:
@@ -294,9 +302,13 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def demo(
         data: str = typer.Option("ml-100k", "--data", help="preset name or prepared dataset dir"),
+        source: Optional[Path] = typer.Option(None, "--source",
+                                              help="raw source of the preset (e.g. a dir with u.data + u.item or "
+                                                   "RecBole ml-100k.inter/.item); default: the preset's lookup"),
         teacher: Optional[str] = typer.Option(None, "--teacher",
-                                              help="teacher-artifacts dir (default: artifacts/teachers/<dataset> "
-                                                   "if shipped, else the labelled synthetic teacher)"),
+                                              help="teacher-artifacts dir (default: the shipped "
+                                                   "artifacts/teachers/<dataset>, checked against the data; "
+                                                   "stops if they do not match)"),
         student: str = typer.Option("sasrec", "--student"),
         out: Path = typer.Option(Path("runs/demo"), "--out"),
         seed: int = typer.Option(0, "--seed"),
@@ -309,9 +321,19 @@ def register(app: typer.Typer) -> None:
         from dllm2rec.evaluation.report import build_report, teacher_metrics_from_dir
         from dllm2rec.experiments import GridSpec, load_dataset, run_grid
 
+        if source is not None:
+            from dllm2rec.data.registry import PRESETS, prepare
+
+            if data not in PRESETS:
+                from dllm2rec.errors import ConfigError
+
+                raise ConfigError(f"--source needs a preset --data ({', '.join(PRESETS)}), got '{data}'")
+            prepare(data, source=source)
         ds = load_dataset(data)
+        src = ds.meta.get("source")
         typer.echo(f"[1/4] dataset {ds.name}: {ds.n_items} items, "
-                   f"{len(ds['train'])}/{len(ds['valid'])}/{len(ds['test'])} train/valid/test rows")
+                   f"{len(ds['train'])}/{len(ds['valid'])}/{len(ds['test'])} train/valid/test rows"
+                   + (f" (from {src})" if src else ""))
         spec, desc = find_teacher(ds.name, teacher, ds)
         typer.echo(f"[2/4] teacher: {desc}")
         methods = ["none"] + (["random"] if control and not spec.startswith("random") else []) + ["dllm2rec"]

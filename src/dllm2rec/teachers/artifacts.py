@@ -33,6 +33,8 @@ class TeacherArtifacts:
     covered: np.ndarray
     target_dist: np.ndarray | None = None
     manifest: dict = field(default_factory=dict)
+    #: what validation against a dataset noticed but did not refuse (e.g. other title strings); not saved
+    notes: list[str] = field(default_factory=list, compare=False)
 
     # ------------------------------------------------------------------ shape helpers
     @property
@@ -57,6 +59,8 @@ class TeacherArtifacts:
 
     # ------------------------------------------------------------------ validation
     def validate(self, dataset=None, source: str = "<memory>") -> "TeacherArtifacts":
+        self.notes = []
+
         def bad(msg: str):
             raise ArtifactError(f"{source}: {msg}")
 
@@ -93,10 +97,24 @@ class TeacherArtifacts:
             train = dataset["train"]
             if self.n_rows != len(train):
                 bad(f"teacher covers {self.n_rows} rows but dataset '{dataset.name}' has {len(train)} training rows")
-            fp = self.manifest.get("dataset_fingerprint")
-            if fp is not None and fp != dataset.fingerprint():
-                bad(f"manifest field 'dataset_fingerprint' {fp} does not match dataset '{dataset.name}' "
-                    f"({dataset.fingerprint()}); the teacher was made for other data")
+            # Identity = what the teacher's rankings depend on (ids, interactions, splits). Titles are checked
+            # apart: other title strings for the same interactions are a note, not a different dataset.
+            ifp = self.manifest.get("dataset_interactions_fingerprint")
+            if ifp is not None:
+                if ifp != dataset.interactions_fingerprint():
+                    bad(f"manifest field 'dataset_interactions_fingerprint' {ifp} does not match dataset "
+                        f"'{dataset.name}' ({dataset.interactions_fingerprint()}); the teacher was made for other "
+                        "interactions or another split")
+                th = self.manifest.get("titles_hash")
+                if th is not None and th != dataset.titles_hash():
+                    self.notes.append(f"item titles differ from the ones the teacher was made with (titles_hash "
+                                      f"{th} vs {dataset.titles_hash()}); ids, interactions and splits match, so "
+                                      "its rankings and item embeddings apply as they are")
+            else:
+                fp = self.manifest.get("dataset_fingerprint")
+                if fp is not None and fp != dataset.fingerprint():
+                    bad(f"manifest field 'dataset_fingerprint' {fp} does not match dataset '{dataset.name}' "
+                        f"({dataset.fingerprint()}); the teacher was made for other data")
             sh = self.manifest.get("train_split_hash")
             if sh is not None and sh != dataset.split_hash("train"):
                 bad(f"manifest field 'train_split_hash' {sh} does not match the dataset's train split")
@@ -109,6 +127,8 @@ class TeacherArtifacts:
         path = Path(path)
         if dataset is not None:
             self.manifest.setdefault("dataset_fingerprint", dataset.fingerprint())
+            self.manifest.setdefault("dataset_interactions_fingerprint", dataset.interactions_fingerprint())
+            self.manifest.setdefault("titles_hash", dataset.titles_hash())
             self.manifest.setdefault("train_split_hash", dataset.split_hash("train"))
             self.manifest.setdefault("dataset", dataset.name)
         self.validate(dataset, str(path))
