@@ -150,3 +150,36 @@ def test_teacher_metrics_from_artifacts_manifest(tmp_path):
     assert R._find_metric(tm, "test", "NDCG@20") == 0.12
     assert R._find_metric(tm, "valid", "NDCG@20") == 0.11
     assert R._find_metric(tm, "test", "HR@20") == 0.3
+
+
+def test_report_cells_from_known_values_and_teacher_manifest(tmp_path):
+    """Each cell of the table from known values; the teacher's *test* numbers land in the test column even when
+    the manifest lists teacher_valid first (the bug: .0977 valid shown as test), with its protocol named."""
+    import json
+
+    runs = tmp_path / "runs"
+    fake_run(runs, "none-0", test_ndcg=0.10)
+    fake_run(runs, "kd-0", strategy="dllm2rec", teacher="/t", test_ndcg=0.15)
+    tdir = tmp_path / "teacher"
+    tdir.mkdir()
+    (tdir / "manifest.json").write_text(json.dumps({
+        "dataset": "ds", "fit": {"valid/full-excl/NDCG@20": 0.5},
+        "teacher_valid": {"full-excl/HR@20": 0.245, "full-excl/NDCG@20": 0.0977},
+        "teacher_test": {"full-excl/HR@20": 0.2276, "full-excl/NDCG@20": 0.0908}}))
+    for src in (tdir, tdir / "manifest.json"):                      # the directory and the file both work
+        tm = R.load_teacher_metrics(src, ["ds"])
+        md = R.markdown_table(R.aggregate(R.load_runs([runs])), teacher_metrics=tm)
+        head = next(line for line in md.splitlines() if line.startswith("| dataset"))
+        cols = [c.strip() for c in head.strip("|").split("|")]
+        trow = next(line for line in md.splitlines() if line.startswith("| ds | teacher"))
+        cells = dict(zip(cols, [c.strip() for c in trow.strip("|").split("|")]))
+        assert cells["test NDCG@20 (mean ± 95% CI)"] == "0.0908"
+        assert cells["test HR@20 (mean ± 95% CI)"] == "0.2276"
+        assert cells["valid NDCG@20"] == "0.0977" and cells["valid HR@20"] == "0.2450"
+        assert "history masked" in cells["method"]
+        srow = next(line for line in md.splitlines() if line.startswith("| ds | sasrec | none"))
+        scells = dict(zip(cols, [c.strip() for c in srow.strip("|").split("|")]))
+        assert scells["test NDCG@20 (mean ± 95% CI)"] == "0.1000" and scells["n"] == "1"
+        assert "history not masked" in md
+    assert R._find_metric({"teacher_valid": {"NDCG@20": 1.0}}, "test", "NDCG@20") is None
+    assert R._find_metric({"NDCG@20": 0.3}, "test", "NDCG@20") == 0.3

@@ -26,6 +26,8 @@ from typing import Any, Iterable
 from dllm2rec.errors import Dllm2recError
 
 PROTOCOL_CAPTION = "full ranking over all items, valid-selected, test at selected epoch"
+PROTOCOL_NAMES = {"full": "full ranking over all items, history not masked",
+                  "full-excl": "full ranking over all items, history masked"}
 CONTROL_LABEL = "random-teacher control"
 # display order of known method labels; anything else follows alphabetically
 METHOD_ORDER = ["none", CONTROL_LABEL, "rd", "hint", "dllm2rec"]
@@ -370,8 +372,11 @@ def markdown_table(groups: list[Group], metrics: tuple[str, ...] = ("NDCG@20", "
     lines: list[str] = []
     if title:
         lines += [f"# {title}", ""]
-    lines += [f"Protocol: **{PROTOCOL_CAPTION}**. Test metrics are those of the checkpoint chosen by validation "
-              f"NDCG@20; n = number of seeds; ± = 95 % CI half-width (Student-t, n−1 dof) or sample std.", ""]
+    protos = sorted({_metric_key(g.runs, "test", "NDCG@20").split("/")[1] for g in groups}) or ["full"]
+    lines += [f"Protocol: **{PROTOCOL_CAPTION}**. Students: " + "; ".join(PROTOCOL_NAMES.get(p, p) for p in protos)
+              + (" (the teacher row names its own)" if teacher_metrics else "") + ". Test metrics are those of "
+              f"the checkpoint chosen by validation NDCG@20; n = number of seeds; ± = 95 % CI half-width "
+              f"(Student-t, n−1 dof) or sample std.", ""]
     head = ["dataset", "student", "method", "n"]
     for m in metrics:
         head += [f"test {m} (mean ± 95% CI)", f"test {m} (mean ± std)"]
@@ -409,7 +414,9 @@ def markdown_table(groups: list[Group], metrics: tuple[str, ...] = ("NDCG@20", "
         lines.append("| " + " | ".join(row) + " |")
     if teacher_metrics:
         for ds, tm in sorted(teacher_metrics.items()):
-            row = [ds, "teacher", "LLM teacher (its own ranking)", "1"]
+            proto = teacher_protocol(tm)
+            how = {"full-excl": "full ranking, history masked", "full": "full ranking"}.get(proto or "", proto)
+            row = [ds, "teacher", f"LLM teacher (its own ranking{'; ' + how if how else ''})", "1"]
             for m in metrics:
                 v = _find_metric(tm, "test", m)
                 row += ["–" if v is None else f"{v:.4f}", "–"]
@@ -440,19 +447,41 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+_SPLITS = ("train", "valid", "test")
+
+
+def _split_of(part: str) -> str | None:
+    """'test', 'teacher_test', 'test_metrics' → 'test'; a key part that names no split → None."""
+    for sp in _SPLITS:
+        if part == sp or part.startswith(sp + "_") or part.endswith("_" + sp):
+            return sp
+    return None
+
+
 def _find_metric(d: dict[str, Any], split: str, metric: str) -> float | None:
-    """``<split>/.../<metric>`` in a (possibly nested) metrics dict; a bare ``<metric>`` counts as test."""
+    """``<split>/.../<metric>`` in a (possibly nested) metrics dict. A key counts for ``split`` only if one of its
+    parts names that split (``test``, ``teacher_test``); a key naming no split at all counts as test."""
     flat = flatten(d)
     nums = {k: float(v) for k, v in flat.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    unsplit = None
     for k, v in nums.items():
         parts = k.split("/")
-        if parts[-1] == metric and split in parts[:-1]:
+        if parts[-1].lower() != metric.lower():
+            continue
+        named = {_split_of(p) for p in parts[:-1]} - {None}
+        if named == {split}:
             return v
-    if split == "test":
-        for k, v in nums.items():
-            parts = k.split("/")
-            if parts[-1] == metric and not ({"valid", "train"} & set(parts[:-1])):
-                return v
+        if not named and unsplit is None:
+            unsplit = v
+    return unsplit if split == "test" else None
+
+
+def teacher_protocol(d: dict[str, Any]) -> str | None:
+    """The ranking protocol named in a teacher's metric keys (``full-excl`` = history masked), if any."""
+    for k in flatten(d):
+        for p in k.split("/")[:-1]:
+            if p.startswith("full") or p.startswith("sampled"):
+                return p
     return None
 
 
@@ -495,6 +524,19 @@ def load_teacher_metrics(path: str | Path | None, datasets: Iterable[str] = ()) 
     if path is None:
         return {}
     p = Path(path)
+    if p.is_dir() or (p.name == "manifest.json" and p.is_file()):  # a teacher-artifacts dir or its manifest
+        tm = teacher_metrics_from_dir(p if p.is_dir() else p.parent)
+        if not tm:
+            raise Dllm2recError(f"{p}: no teacher metrics recorded (no metrics.json, no manifest 'metrics' or "
+                                "'teacher_valid'/'teacher_test')")
+        flat = {k: float(v) for k, v in flatten(tm).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        ds = list(datasets)
+        man = p / "manifest.json" if p.is_dir() else p
+        try:
+            name = json.loads(man.read_text(encoding="utf-8")).get("dataset") if man.is_file() else None
+        except json.JSONDecodeError:
+            name = None
+        return {str(name or (ds[0] if len(ds) == 1 else "teacher")): flat}
     if not p.is_file():
         raise Dllm2recError(f"{p}: teacher metrics file not found")
     try:
