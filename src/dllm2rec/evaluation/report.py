@@ -136,8 +136,12 @@ class Stat:
             return f"{self.mean:.{digits}f}"
         return f"{self.mean:.{digits}f} ± {spread:.{digits}f}"
 
-    def to_dict(self) -> dict[str, float]:
-        return {"n": self.n, "mean": self.mean, "std": self.std, "ci95": self.ci95}
+    def to_dict(self) -> dict[str, float | None]:
+        """JSON-safe: an undefined spread (n < 2) or mean (n = 0) is null, never NaN (not JSON)."""
+        def num(x: float) -> float | None:
+            return None if math.isnan(x) else x
+
+        return {"n": self.n, "mean": num(self.mean), "std": num(self.std), "ci95": num(self.ci95)}
 
 
 # ---------------------------------------------------------------------------------------------------- runs
@@ -378,8 +382,9 @@ def markdown_table(groups: list[Group], metrics: tuple[str, ...] = ("NDCG@20", "
               f"the checkpoint chosen by validation NDCG@20; n = number of seeds; ± = 95 % CI half-width "
               f"(Student-t, n−1 dof) or sample std.", ""]
     head = ["dataset", "student", "method", "n"]
+    single = all(g.n <= 1 for g in groups)       # one seed each: a spread column would repeat the mean
     for m in metrics:
-        head += [f"test {m} (mean ± 95% CI)", f"test {m} (mean ± std)"]
+        head += [f"test {m}"] if single else [f"test {m} (mean ± 95% CI)", f"test {m} (mean ± std)"]
     head += [f"valid {m}" for m in metrics]
     labels_at = {}
     for g in groups:
@@ -403,12 +408,14 @@ def markdown_table(groups: list[Group], metrics: tuple[str, ...] = ("NDCG@20", "
             mark, capped = " †", True
         row = [g.dataset, g.student, f"**{g.label}**" if g.label == CONTROL_LABEL else g.label, str(g.n)]
         for m in metrics:
-            row += [g.stats[f"test/{m}"].fmt("ci"), g.stats[f"test/{m}"].fmt("std")]
+            st = g.stats[f"test/{m}"]
+            row += [st.fmt("ci")] if single else [st.fmt("ci"), st.fmt("std")]
         row += [g.stats[f"valid/{m}"].fmt("std") for m in metrics]
         row += ([_delta(g, base, "test/NDCG@20")] if show_base else []) \
             + ([_delta(g, ctl, "test/NDCG@20")] if show_ctl else [])
         be = g.stats["best_epoch"]
-        row += [f"{be.mean:.1f}" + (f" ± {be.std:.1f}" if not math.isnan(be.std) else "") + mark]
+        be_mean = f"{be.mean:.0f}" if float(be.mean).is_integer() else f"{be.mean:.1f}"
+        row += [be_mean + (f" ± {be.std:.1f}" if not math.isnan(be.std) else "") + mark]
         spe = g.stats["seconds_per_epoch"]
         row += [f"{spe.mean:.1f}" if spe.n else "–"]
         lines.append("| " + " | ".join(row) + " |")
@@ -419,7 +426,7 @@ def markdown_table(groups: list[Group], metrics: tuple[str, ...] = ("NDCG@20", "
             row = [ds, "teacher", f"LLM teacher (its own ranking{'; ' + how if how else ''})", "1"]
             for m in metrics:
                 v = _find_metric(tm, "test", m)
-                row += ["–" if v is None else f"{v:.4f}", "–"]
+                row += ["–" if v is None else f"{v:.4f}"] + ([] if single else ["–"])
             for m in metrics:
                 v = _find_metric(tm, "valid", m)
                 row += ["–" if v is None else f"{v:.4f}"]
@@ -683,7 +690,8 @@ def build_report(patterns: Iterable[str | Path], out: str | Path, label_from: st
         md += "\n![training curves](curves.png)\n\n![student vs distilled vs teacher](bars.png)\n"
     atomic_write_text(files["report"], md)
     atomic_write_text(files["summary"], json.dumps({"protocol": PROTOCOL_CAPTION, "groups": summary_dict(groups),
-                                                    "teacher": tm}, indent=2, default=float))
+                                                    "teacher": tm}, indent=2, default=float,
+                                                    allow_nan=False))
     return {"markdown": md, "groups": groups, "files": files, "runs": runs}
 
 
