@@ -13,8 +13,26 @@ import typer
 
 from dllm2rec.errors import Dllm2recError
 
+
+def _flags_without_type() -> None:
+    """Help shows switches as switches: typer 0.29's rich help prints ``<bool>`` after every flag (``--quick
+    <bool>``), which reads as if it took a value; click's plain help does not. Only the help text changes."""
+    opt = getattr(getattr(typer, "core", None), "TyperOption", None)
+    if opt is None or not hasattr(opt, "display_type_rich"):
+        return
+    orig = opt.display_type_rich
+
+    def display_type_rich(self, ctx):
+        return None if getattr(self, "is_flag", False) else orig(self, ctx)
+
+    opt.display_type_rich = display_type_rich
+
+
+_flags_without_type()
+
 app = typer.Typer(
     name="dllm2rec",
+    context_settings={"help_option_names": ["-h", "--help"]},
     help="Distil LLM recommenders (BIGRec) into millisecond sequential students (DLLM2Rec, RecSys 2024).",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -52,7 +70,22 @@ def version() -> None:
     typer.echo(__version__)
 
 
+def _version_flag(value: bool) -> None:
+    if value:
+        version()
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(_version: bool = typer.Option(False, "--version", "-V", callback=_version_flag, is_eager=True,
+                                        help="Print the installed version and exit.")) -> None:
+    """Distil LLM recommenders (BIGRec) into millisecond sequential students (DLLM2Rec, RecSys 2024)."""
+
+
 def main(argv: list[str] | None = None) -> None:
+    from dllm2rec.utils.threads import apply_default_threads
+
+    apply_default_threads()  # before torch is imported: no oversubscription on a shared machine (utils/threads.py)
     try:
         app(args=argv, standalone_mode=True)
     except Dllm2recError as e:
