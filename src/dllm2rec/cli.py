@@ -53,6 +53,7 @@ _PARTS = [
     ("dllm2rec.training.cli", app),
     ("dllm2rec.distill.cli", app),
     ("dllm2rec.serving.cli", app),
+    ("dllm2rec.workflows.cli", app),
 ]
 for _mod, _target in _PARTS:
     try:

@@ -1,0 +1,1 @@
+"""Orchestration on top of the layers (distil → train → evaluate): the pre-flight check and the guard."""
