@@ -19,11 +19,12 @@ def register(app: typer.Typer) -> None:
         config: Optional[Path] = typer.Option(None, "--config", "-c", help="run config (YAML) with distill.teacher"),
         override: list[str] = typer.Option([], "--set", "-o", help="dotted override, e.g. distill.teacher=DIR"),
         out: Path = typer.Option(Path("runs/preflight"), "--out"),
-        epochs: int = typer.Option(5, "--epochs", help="epochs of the short plain student"),
+        epochs: int = typer.Option(50, "--epochs", help="epoch cap of the plain student"),
+        patience: int = typer.Option(3, "--patience", help="its early-stopping patience (validation)"),
         k: int = typer.Option(20, "--k"),
     ) -> None:
         """Teacher vs a short plain student on validation: HR@K, top-K overlap, teacher-right/student-wrong share."""
-        guard.preflight(config, list(override), out, epochs=epochs, k=k, echo=typer.echo)
+        guard.preflight(config, list(override), out, epochs=epochs, k=k, patience=patience, echo=typer.echo)
 
     @distill_app.command()
     def auto(

@@ -22,7 +22,8 @@ from typing import Any, Callable
 
 from dllm2rec.config import RunConfig, load_config
 from dllm2rec.errors import ConfigError, MissingDependencyError
-from dllm2rec.evaluation.report import _find_metric, load_runs, teacher_metrics_from_dir, teacher_student_analysis
+from dllm2rec.evaluation.report import (_find_metric, load_runs, teacher_metrics_from_dir, teacher_protocol,
+                                        teacher_student_analysis)
 from dllm2rec.teachers.artifacts import TeacherArtifacts
 from dllm2rec.training.trainer import Trainer
 from dllm2rec.utils.io import atomic_write_text
@@ -42,6 +43,11 @@ def _valid(res: dict[str, Any], metric: str) -> float | None:
     return None
 
 
+def _proto(res: dict[str, Any]) -> str:
+    """The ranking protocol of a run's validation metrics (``full``: history not masked; ``full-excl``: masked)."""
+    return next((k.split("/")[1] for k in res.get("valid", {}) if k.count("/") == 2), "?")
+
+
 def _run(cfg: RunConfig, ds, run_dir: Path, quiet: bool = True) -> dict[str, Any]:
     """Train (or reuse a finished) run; returns its results.json content."""
     res_path = run_dir / "results.json"
@@ -50,7 +56,8 @@ def _run(cfg: RunConfig, ds, run_dir: Path, quiet: bool = True) -> dict[str, Any
     return Trainer(cfg, ds, run_dir, quiet=quiet).fit()
 
 
-def preflight(config: Path | None, overrides: list[str], out: Path, ds=None, epochs: int = 5, k: int = 20,
+def preflight(config: Path | None, overrides: list[str], out: Path, ds=None, epochs: int = 50, k: int = 20,
+              patience: int = 3,
               max_rows: int | None = 20000, echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Teacher vs a short plain student, on validation (and teacher-covered train rows); writes ``preflight.json``."""
     from dllm2rec.experiments import load_dataset
@@ -63,13 +70,19 @@ def preflight(config: Path | None, overrides: list[str], out: Path, ds=None, epo
     teacher = TeacherArtifacts.load(teacher_dir, ds)
     plain = base.model_copy(deep=True)
     plain.distill.strategy, plain.distill.teacher, plain.distill.params = "none", None, {}
+    # Why not 5 epochs: a student far from converged makes any teacher look strong (LastFM: HR@20 .09 after 5
+    # epochs, .42 converged). Early stopping with a short patience gets close at a fraction of a full run.
     plain.train.epochs = min(plain.train.epochs, epochs)
+    plain.train.patience = min(plain.train.patience, patience)
     run_dir = Path(out) / "preflight-plain"
-    echo(f"preflight: a {epochs}-epoch plain {plain.model.name} on {ds.name} -> {run_dir}")
+    echo(f"preflight: a plain {plain.model.name} on {ds.name} (patience {plain.train.patience}, cap "
+         f"{plain.train.epochs} epochs) -> {run_dir}")
     res = _run(plain, ds, run_dir)
     metric = f"HR@{k}"
     s_valid = _valid(res, metric)
-    t_valid = _find_metric(teacher_metrics_from_dir(teacher_dir), "valid", metric)
+    t_metrics = teacher_metrics_from_dir(teacher_dir)
+    t_valid = _find_metric(t_metrics, "valid", metric)
+    t_proto = teacher_protocol(t_metrics) or "?"
     ana = teacher_student_analysis(ds, teacher, load_runs([run_dir]), k=k, max_rows=max_rows)
     r = ana["runs"][0]
     t_hr, s_hr = ana["teacher_hr"], r["hr"]
@@ -77,7 +90,8 @@ def preflight(config: Path | None, overrides: list[str], out: Path, ds=None, epo
     both = r["hr_teacher_right"] * t_hr if not math.isnan(r["hr_teacher_right"]) else 0.0
     trsw, srtw = t_hr - both, s_hr - both
     if t_valid is not None and s_valid:
-        ratio, basis = t_valid / s_valid, f"validation {metric} (teacher {t_valid:.4f} vs student {s_valid:.4f})"
+        ratio, basis = t_valid / s_valid, (f"validation {metric} (teacher {t_valid:.4f} [{t_proto}] vs student "
+                                           f"{s_valid:.4f} [{_proto(res)}])")
     else:
         ratio, basis = (t_hr / s_hr if s_hr else math.inf), f"train-row {metric} (teacher {t_hr:.4f} vs {s_hr:.4f})"
     chance = ana["k"] / ds.n_items                  # HR@K of a ranking that knows nothing
