@@ -37,12 +37,15 @@ def register(app: typer.Typer) -> None:
         source: Optional[Path] = typer.Option(None, "--source", help="Raw data directory (default: the preset's)."),
         out: Optional[Path] = typer.Option(None, "--out", help="Output directory (default: prepared/<name>)."),
         max_len: int = typer.Option(10, "--max-len", min=1, help="History length L."),
+        allow_pickle: bool = typer.Option(False, "--allow-pickle",
+                                          help="Load the source's pandas pickles (*.df; the lastfm preset). Pickles "
+                                               "can run arbitrary code: only for directories you trust."),
     ) -> None:
         """Prepare a named dataset preset into the canonical format (atomic; replaces an older copy)."""
         from dllm2rec.data.registry import PREPARED_ROOT, prepare
 
         t0 = time.perf_counter()
-        ds = prepare(name, source=source, out=out, max_len=max_len)
+        ds = prepare(name, source=source, out=out, max_len=max_len, allow_pickle=allow_pickle)
         dest = out if out is not None else PREPARED_ROOT / name
         typer.echo(format_stats(ds))
         typer.echo(f"\nwrote {dest} in {time.perf_counter() - t0:.1f}s")

@@ -23,6 +23,7 @@ import numpy as np
 
 from dllm2rec.data.schema import SeqDataset, Split
 from dllm2rec.errors import DataError
+from dllm2rec.utils import untrusted
 from dllm2rec.utils.io import atomic_dir
 
 # canonical split -> file names accepted for it, in order of preference
@@ -34,27 +35,15 @@ SPLIT_FILES = {
 COLUMNS = ("seq", "len_seq", "next")
 
 
-def _pickle_refused(path: Path) -> DataError:
-    return DataError(f"{path}: is a pandas pickle, which can run arbitrary code when loaded; pass "
-                     f"--allow-pickle (allow_pickle=True) only if you trust this directory")
-
-
-def _read_pickle(path: Path):
-    import pandas as pd
-
-    try:
-        return pd.read_pickle(path)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure is the file's fault
-        raise DataError(f"{path}: malformed pickle ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+def _read_pickle(path: Path, allow_pickle: bool):
+    return untrusted.read_pickle(path, allow=allow_pickle)  # the one gate: refuses unless the user passed the flag
 
 
 def _read_table(path: Path, allow_pickle: bool):
     import pandas as pd
 
     if path.suffix == ".df":
-        if not allow_pickle:
-            raise _pickle_refused(path)
-        df = _read_pickle(path)
+        df = _read_pickle(path, allow_pickle)
         if not isinstance(df, pd.DataFrame):
             raise DataError(f"{path}: pickle holds a {type(df).__name__}, expected a pandas DataFrame")
         return df
@@ -148,7 +137,7 @@ def _read_statis(path: Path, allow_pickle: bool) -> tuple[int, int] | None:
         return None
     if not allow_pickle:
         return None  # optional: n_items can come from id2name.txt or the max id instead
-    df = _read_pickle(path)
+    df = _read_pickle(path, allow_pickle)
     try:
         return int(df["seq_size"].iloc[0]), int(df["item_num"].iloc[0])
     except (KeyError, IndexError, TypeError, ValueError, AttributeError):

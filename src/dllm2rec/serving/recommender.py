@@ -30,6 +30,14 @@ BACKENDS = ("torch", "torchscript", "compile", "onnx")
 _NEG_INF = float("-inf")
 
 
+def _short(x: Any, limit: int = 60) -> str:
+    """``repr`` of a client-supplied value, cut to ``limit`` characters (a huge id stays one short line)."""
+    if isinstance(x, int) and abs(x) >= 1 << 63:
+        return f"{'-' if x < 0 else ''}<{abs(x).bit_length()}-bit integer>"
+    r = repr(x)
+    return r if len(r) <= limit else r[:limit] + "…"
+
+
 class RequestError(ValueError):
     """A bad request; ``field`` names the offending input (e.g. ``histories[0][3]``, ``k``)."""
 
@@ -145,11 +153,12 @@ class Recommender:
     # ------------------------------------------------------------------------------------------- loading
     @classmethod
     def load(cls, bundle: str | Path, backend: str = "torch", verify: bool = True, **kwargs: Any) -> "Recommender":
-        from dllm2rec.serving.bundle import ONNX_FILE, load_bundle
+        from dllm2rec.serving.bundle import load_bundle, read_onnx
 
         model, titles, manifest = load_bundle(bundle, verify=verify)
-        if backend == "onnx" and "onnx_model" not in kwargs and (Path(bundle) / ONNX_FILE).is_file():
-            kwargs["onnx_model"] = Path(bundle) / ONNX_FILE
+        if backend == "onnx" and "onnx_model" not in kwargs:
+            # only a model.onnx the manifest lists, from the bytes whose sha256 was checked; none: export in-process
+            kwargs["onnx_model"] = read_onnx(bundle, manifest, verify=verify)
         return cls(model, titles, manifest, backend=backend, **kwargs)
 
     # ------------------------------------------------------------------------------------------- metadata
@@ -176,17 +185,17 @@ class Recommender:
             x = int(x)
             if 0 <= x < self.n_items:
                 return x
-            raise RequestError(field, f"{field}: unknown item id {x} (valid ids are 0..{self.n_items - 1})")
+            raise RequestError(field, f"{field}: unknown item id {_short(x)} (valid ids are 0..{self.n_items - 1})")
         if t is str:
             i = self._title_to_id.get(x)
             if i is None:
                 hint = "; item ids must be given as integers, not strings" if x.strip().lstrip("-").isdigit() else ""
-                raise RequestError(field, f"{field}: unknown item title {x!r}{hint}")
+                raise RequestError(field, f"{field}: unknown item title {_short(x)}{hint}")
             if i < 0:
                 ids = [j for j, tt in enumerate(self.titles) if tt == x]
                 raise RequestError(field, f"{field}: item title {x!r} is ambiguous (ids {ids}); pass the id")
             return i
-        raise RequestError(field, f"{field}: expected an item id (int) or title (str), got {t.__name__} {x!r}")
+        raise RequestError(field, f"{field}: expected an item id (int) or title (str), got {t.__name__} {_short(x)}")
 
     def parse_history(self, history: Any, field: str = "history") -> list[int]:
         if isinstance(history, (np.ndarray, torch.Tensor)):
@@ -208,7 +217,7 @@ class Recommender:
         if type(k) is not int and not isinstance(k, np.integer) or isinstance(k, bool):
             raise RequestError("k", f"k: expected an integer, got {type(k).__name__}")
         if not 1 <= k <= self.n_items:
-            raise RequestError("k", f"k: must be between 1 and the number of items ({self.n_items}), got {k}")
+            raise RequestError("k", f"k: must be between 1 and the number of items ({self.n_items}), got {_short(k)}")
         return int(k)
 
     # ------------------------------------------------------------------------------------------- scoring

@@ -53,12 +53,13 @@ def _read_matrix(path: Path, dtype, n_rows: int | None) -> tuple[np.ndarray, np.
 
 
 def load_embeddings(path: Path) -> np.ndarray:
+    """The [N, D] tensor of ``all_embeddings.pt``, through the gate: ``weights_only=True`` always (tensors and plain
+    containers only; a file that needs a full unpickle is refused in one line; there is no flag to widen it here)."""
     import torch
 
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - torch raises many kinds; report one line
-        raise ArtifactError(f"{path}: cannot read as a torch tensor file ({type(e).__name__}: {e})") from None
+    from dllm2rec.utils import untrusted
+
+    obj = untrusted.torch_load(path, allow=False)
     if isinstance(obj, dict) and len(obj) == 1:
         obj = next(iter(obj.values()))
     if not isinstance(obj, torch.Tensor) or obj.dim() != 2:
