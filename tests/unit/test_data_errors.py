@@ -79,7 +79,8 @@ def test_recbole_not_utf8_and_bad_header(tmp_path):
     (d / "x.inter").write_bytes(b"user_id:token\titem_id:token\ttimestamp:float\n1\t\xff\xfe\t3\n")
     one_line_error(lambda: import_dataset("recbole", d), "x.inter", "not valid utf-8")
     (d / "x.inter").write_text("user_id:token\titem_id:token\trating:float\n1\t2\t3\n")
-    one_line_error(lambda: import_dataset("recbole", d), "x.inter", "lacks field 'timestamp'")
+    # without timestamps the default recipe is leave-one-out; BIGRec's temporal recipe is refused
+    one_line_error(lambda: import_dataset("recbole", d, recipe="temporal-global"), "x.inter", "lacks field 'timestamp'")
     (d / "x.inter").write_text("user_id:token\titem_id:token\ttimestamp:float\n1\t2\tnoon\n")
     one_line_error(lambda: import_dataset("recbole", d), "x.inter", "line 2 field 'timestamp'")
 

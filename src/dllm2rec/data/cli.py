@@ -14,20 +14,49 @@ def _table(rows: list[list[str]]) -> str:
                      for r in rows)
 
 
-def format_stats(ds) -> str:
-    """Header lines (name, fingerprint, users/items/interactions) + one row per split."""
+RECIPE_NAMES = {"bigrec": "temporal-global", "leave_one_out": "leave-one-out"}  # names before --recipe existed
+RECIPE_HELP = {"temporal-global": "BIGRec: per-user time order, last-L windows, global sort by target time, 80/10/10",
+               "leave-one-out": "per user: last item test, second last valid, earlier positions train",
+               "file": "the source's own split (its train/valid/test files)"}
+
+
+def recipe_line(ds) -> str:
+    r = ds.meta.get("recipe")
+    if r is None:
+        return "? (not recorded)"
+    r = RECIPE_NAMES.get(r, r)
+    return f"{r} ({RECIPE_HELP[r]})" if r in RECIPE_HELP else r
+
+
+def dataset_warnings(ds) -> list[str]:
+    from dllm2rec.data.quality import split_warnings
+
+    return split_warnings(ds)
+
+
+def format_stats(ds, warnings: list[str] | None = None) -> str:
+    """Header lines (name, fingerprint, recipe, users/items/interactions, titles) + one row per split + warnings."""
     import numpy as np
 
+    from dllm2rec.data.quality import titles_report
+
     st = ds.stats()
-    head = [["dataset", ds.name], ["fingerprint", st["fingerprint"]], ["items", f"{ds.n_items:,}"],
+    head = [["dataset", ds.name], ["fingerprint", st["fingerprint"]], ["recipe", recipe_line(ds)],
+            ["items", f"{ds.n_items:,}"],
             ["users", "?" if st.get("users") is None else f"{st['users']:,}"],
             ["interactions", f"{st['interactions']:,}" if "interactions" in st else "? (not recorded)"],
-            ["max_len (L)", str(ds.max_len)]]
+            ["max_len (L)", str(ds.max_len)], ["titles", titles_report(ds)]]
+    if "duplicate_interactions" in ds.meta:
+        n, dropped = ds.meta["duplicate_interactions"], ds.meta.get("duplicates_dropped", 0)
+        head.append(["duplicates", f"{n:,} rows repeat an earlier (user, item, timestamp)"
+                     + ("" if not n else " (dropped)" if dropped else " (kept; --drop-duplicates drops them)")])
     rows = [["split", "rows", "users", "distinct targets", "mean len", "empty hist"]]
     for name, s in ds.splits.items():
         rows.append([name, f"{len(s):,}", "?" if s.user is None else f"{len(np.unique(s.user)):,}",
                      f"{len(np.unique(s.target)):,}", f"{s.len.mean():.2f}", f"{int((s.len == 0).sum()):,}"])
-    return _table(head) + "\n\n" + _table(rows)
+    warn = dataset_warnings(ds) if warnings is None else warnings
+    w = max(len(k) for k, _ in head)
+    return "\n".join(f"{k.ljust(w)}  {v}" for k, v in head) + "\n\n" + _table(rows) + "".join(f"\nwarning: {w}" for w in warn)
 
 
 def register(app: typer.Typer) -> None:
@@ -62,6 +91,12 @@ def register(app: typer.Typer) -> None:
                                                "arbitrary code: only for directories you trust."),
         splits: Optional[str] = typer.Option(None, "--splits",
                                              help="Official format: comma-separated splits to import, e.g. valid,test."),
+        recipe: str = typer.Option("auto", "--recipe",
+                                   help="Split recipe: auto (the source's own split if it has one, else "
+                                        "temporal-global with timestamps, else leave-one-out), temporal-global "
+                                        "(BIGRec), leave-one-out, or file (the source's train/valid/test files)."),
+        drop_duplicates: bool = typer.Option(False, "--drop-duplicates",
+                                             help="Drop interactions repeating an earlier (user, item, timestamp)."),
     ) -> None:
         """Import a dataset from a raw or official source into the canonical format."""
         from dllm2rec.data.registry import import_dataset
@@ -69,9 +104,12 @@ def register(app: typer.Typer) -> None:
         t0 = time.perf_counter()
         split_list = [s.strip() for s in splits.split(",") if s.strip()] if splits else None
         ds = import_dataset(fmt, source, name=name or out.name, max_len=max_len, allow_pickle=allow_pickle,
-                            splits=split_list)
+                            splits=split_list, recipe=recipe, drop_duplicates=drop_duplicates)
         ds.save(out)
-        typer.echo(format_stats(ds))
+        warn = ds.meta.get("split_warnings", [])
+        typer.echo(format_stats(ds, warnings=[]))
+        for w in warn:
+            typer.echo(f"warning: {w}", err=True)
         typer.echo(f"\nwrote {out} in {time.perf_counter() - t0:.1f}s")
 
     @app.command("stats")

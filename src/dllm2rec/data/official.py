@@ -74,6 +74,10 @@ def _int_column(df, col: str, path: Path) -> np.ndarray:
     if bad.any():
         r = int(np.argmax(bad))
         raise DataError(f"{path}: row {r} field '{col}' is not an integer: {str(df[col].iloc[r])!r}")
+    huge = np.abs(vals) >= 2.0 ** 63  # astype would wrap these to -9223372036854775808
+    if huge.any():
+        r = int(np.argmax(huge))
+        raise DataError(f"{path}: row {r} field '{col}' = {str(df[col].iloc[r])[:30]} does not fit in 64 bits")
     return vals.astype(np.int64)
 
 
@@ -100,6 +104,10 @@ def read_split_table(path: Path, allow_pickle: bool, n_items: int | None, max_le
         raise DataError(f"{path}: field 'seq' holds non-numeric entries") from None
     if (seq != np.round(seq)).any():
         raise DataError(f"{path}: field 'seq' holds non-integer entries")
+    huge = ~np.isfinite(seq) | (np.abs(seq) >= 2.0 ** 63)  # astype would wrap these to -9223372036854775808
+    if huge.any():
+        r, c = (int(x) for x in np.argwhere(huge)[0])
+        raise DataError(f"{path}: row {r} field 'seq' holds {str(seqs[r][c])[:30]}, which does not fit in 64 bits")
     seq = seq.astype(np.int64)
     len_seq = _int_column(df, "len_seq", path)
     target = _int_column(df, "next", path)

@@ -78,28 +78,54 @@ def detect_format(source: Path) -> str:
 
 
 def import_dataset(fmt: str, source: str | Path, name: str | None = None, max_len: int = DEFAULT_MAX_LEN,
-                   allow_pickle: bool = False, splits: Sequence[str] | None = None) -> SeqDataset:
-    """Build (not save) a canonical dataset from ``source`` in format ``fmt`` (see :data:`FORMATS`)."""
-    from dllm2rec.data import importers, official, recipes
+                   allow_pickle: bool = False, splits: Sequence[str] | None = None, recipe: str = "auto",
+                   drop_duplicates: bool = False) -> SeqDataset:
+    """Build (not save) a canonical dataset from ``source`` in format ``fmt`` (see :data:`FORMATS`).
+
+    ``recipe``: one of :data:`dllm2rec.data.recipes.RECIPES` — ``auto`` (the source's own split when it has one,
+    else BIGRec's temporal-global split with timestamps, else leave-one-out), ``temporal-global``,
+    ``leave-one-out`` or ``file``; one that cannot apply is a DataError. ``drop_duplicates`` drops interactions
+    repeating an earlier (user, item, timestamp); their count is in ``meta["duplicate_interactions"]`` either way.
+    ``meta`` also gets ``recipe``, ``placeholder_titles``/``placeholder_title_ids`` and ``split_warnings``.
+    """
+    from dllm2rec.data import importers, official, quality, recipes
 
     src = Path(source)
     if not src.exists():
         raise DataError(f"{src}: missing (source directory or file not found)")
+    if recipe not in recipes.RECIPES:
+        raise DataError(f"{src}: unknown recipe '{recipe}' (choose from {', '.join(recipes.RECIPES)})")
     if fmt == "auto":
         fmt = detect_format(src)
     name = name or (src.stem if src.is_file() else src.name)
     if fmt == "official":
-        return official.import_official(src, name, allow_pickle=allow_pickle,
-                                        splits=tuple(splits) if splits else ("train", "valid", "test"),
-                                        max_len=max_len)
-    if splits and set(splits) != {"train", "valid", "test"}:
-        raise DataError(f"{src}: --splits only applies to the official format")
-    if fmt not in importers.READERS:
-        raise DataError(f"{src}: unknown format '{fmt}' (choose from {', '.join(FORMATS)})")
-    log = importers.READERS[fmt](src)
-    if fmt == "p5" or log.times is None:
-        return recipes.leave_one_out_dataset(log, name, max_len)
-    return recipes.bigrec_dataset(log, name, max_len)
+        if recipe not in ("auto", "file"):
+            raise DataError(f"{src}: recipe '{recipe}' cannot apply to the official layout (its files are already "
+                            f"split into windows); use --recipe file")
+        if drop_duplicates:
+            raise DataError(f"{src}: --drop-duplicates needs an interaction log; the official layout holds windows")
+        ds = official.import_official(src, name, allow_pickle=allow_pickle,
+                                      splits=tuple(splits) if splits else ("train", "valid", "test"),
+                                      max_len=max_len)
+        ds.meta["recipe"] = "file"
+        quality.record_placeholders(ds.meta, [i for i, t in enumerate(ds.titles) if quality.is_placeholder_title(t, i)])
+    else:
+        if splits and set(splits) != {"train", "valid", "test"}:
+            raise DataError(f"{src}: --splits only applies to the official format")
+        if fmt not in importers.READERS:
+            raise DataError(f"{src}: unknown format '{fmt}' (choose from {', '.join(FORMATS)})")
+        log = importers.READERS[fmt](src)
+        if isinstance(log, recipes.InteractionLog):
+            dup = recipes.duplicate_mask(log)
+            log.meta["duplicate_interactions"] = int(dup.sum())
+            if drop_duplicates and dup.any():
+                log = recipes.drop_events(log, dup)
+                log.meta["duplicates_dropped"] = int(dup.sum())
+        elif drop_duplicates:
+            raise DataError(f"{src}: --drop-duplicates needs an interaction log; these files hold ready-made windows")
+        ds = recipes.apply_recipe(log, recipe, name, max_len)
+    ds.meta["split_warnings"] = quality.split_warnings(ds)
+    return ds
 
 
 def resolve_source(name: str, source: str | Path | None = None) -> Path:

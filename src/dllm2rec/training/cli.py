@@ -72,7 +72,8 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def evaluate(
-        checkpoint: Path = typer.Argument(..., help="run dir (uses best/) or checkpoint dir"),
+        checkpoint: Optional[Path] = typer.Argument(None, help="run dir (uses best/) or checkpoint dir; omit with "
+                                                               "--baseline"),
         data: Optional[str] = typer.Option(None, "--data", help="dataset (default: the run's)"),
         split: str = typer.Option("test", "--split"),
         ks: str = typer.Option("1,5,10,20", "--ks"),
@@ -81,30 +82,48 @@ def register(app: typer.Typer) -> None:
         item_chunk: Optional[int] = typer.Option(None, "--item-chunk",
                                                  help="rank against items in chunks of this size (bounded memory "
                                                       "for huge catalogues; same ranks)"),
+        baseline: Optional[str] = typer.Option(None, "--baseline",
+                                               help="rank a non-learned baseline instead of a student: popularity "
+                                                    "(train target counts, ties pessimistic); needs --data"),
         as_json: bool = typer.Option(False, "--json"),
     ) -> None:
-        """Full-ranking HR/NDCG@K of a saved student on a split."""
+        """Full-ranking HR/NDCG@K of a saved student (or of --baseline popularity) on a split."""
         from dllm2rec.errors import Dllm2recError
         from dllm2rec.evaluation.protocol import evaluate as run_eval
         from dllm2rec.training.checkpoint import load_student
         from dllm2rec.training.trainer import resolve_dataset
 
-        ck = checkpoint / "best" if (checkpoint / "best" / "student.json").is_file() else checkpoint
-        model, info = load_student(ck)
-        ds_path = data or info["meta"].get("config", {}).get("data", {}).get("path")
-        if not ds_path:
-            raise Dllm2recError(f"{ck}: no dataset recorded; pass --data")
-        ds = resolve_dataset(ds_path)
-        fp = info["meta"].get("dataset_fingerprint")
-        if fp and fp != ds.fingerprint():
-            raise Dllm2recError(f"{ck}: trained on dataset {fp}, but {ds_path} is {ds.fingerprint()}")
         kk = [int(x) for x in ks.split(",")]
-        m = run_eval(model, ds[split], kk, batch, exclude_history, item_chunk=item_chunk)
+        if baseline is not None:
+            from dllm2rec.evaluation.baselines import evaluate_baseline
+
+            if checkpoint is not None:
+                raise Dllm2recError(f"{checkpoint}: --baseline ranks without a checkpoint; pass --data only")
+            if not data:
+                raise Dllm2recError(f"--baseline {baseline}: pass --data DATASET (a prepared dir or preset)")
+            ds = resolve_dataset(data)
+            m = evaluate_baseline(baseline, ds, split, kk, batch, exclude_history, item_chunk=item_chunk)
+        else:
+            if checkpoint is None:
+                raise Dllm2recError("evaluate: pass a run dir / checkpoint, or --baseline popularity --data DATASET")
+            ck = checkpoint / "best" if (checkpoint / "best" / "student.json").is_file() else checkpoint
+            model, info = load_student(ck)
+            ds_path = data or info["meta"].get("config", {}).get("data", {}).get("path")
+            if not ds_path:
+                raise Dllm2recError(f"{ck}: no dataset recorded; pass --data")
+            ds = resolve_dataset(ds_path)
+            fp = info["meta"].get("dataset_fingerprint")
+            if fp and fp != ds.fingerprint():
+                raise Dllm2recError(f"{ck}: trained on dataset {fp}, but {ds_path} is {ds.fingerprint()}")
+            m = run_eval(model, ds[split], kk, batch, exclude_history, item_chunk=item_chunk)
         if as_json:
             typer.echo(json.dumps(m, indent=2))
         else:
             keys = sorted({k.split("/", 1)[1] for k in m}, key=lambda s: (int(s.split("@")[1]), s))
             proto = next(iter(m)).split("/")[0]
+            if baseline is not None:
+                typer.echo(f"baseline {baseline}: scores = train target counts (ds.item_counts('train')), "
+                           f"ties pessimistic")
             typer.echo(f"{ds.name} {split}: protocol {proto}, full ranking over {ds.n_items} items, "
                        f"{len(ds[split])} rows")
             _print_table([(split, {k: m[f"{proto}/{k}"] for k in keys})], keys)
