@@ -50,6 +50,11 @@ def serve(
     threads: Optional[int] = typer.Option(1, "--threads",
                                           help="torch/onnxruntime intra-op threads (1 = lowest latency per request)."),
     index: str = typer.Option("exact", "--index", help="exact top-k, or faiss (inner-product index; needs faiss-cpu)."),
+    max_body_bytes: int = typer.Option(1 << 20, "--max-body-bytes",
+                                       help="Largest request body read; a bigger one is answered 413 unparsed."),
+    max_concurrency: int = typer.Option(32, "--max-concurrency",
+                                        help="/recommend requests in flight (scoring or queued); more get 503."),
+    workers: int = typer.Option(2, "--workers", help="Threads that parse and score requests (off the event loop)."),
     log_level: str = typer.Option("info", "--log-level", help="uvicorn log level."),
     access_log: bool = typer.Option(False, "--access-log/--no-access-log", help="Log every request."),
 ) -> None:
@@ -69,7 +74,12 @@ def serve(
         raise Dllm2recError(f"--max-batch must be >= 1, got {max_batch}")
     if index not in ("exact", "faiss"):
         raise Dllm2recError(f"--index must be exact or faiss, got {index!r}")
-    app = create_app(bundle, backend=backend, max_batch=max_batch, threads=threads, index=index)
+    for opt, v, lo in (("--max-body-bytes", max_body_bytes, 0), ("--max-concurrency", max_concurrency, 1),
+                       ("--workers", workers, 1)):
+        if v < lo:
+            raise Dllm2recError(f"{opt} must be >= {lo}, got {v}")
+    app = create_app(bundle, backend=backend, max_batch=max_batch, threads=threads, index=index,
+                     max_body_bytes=max_body_bytes, max_concurrency=max_concurrency, workers=workers)
     typer.echo(f"serving {bundle} ({backend}) on http://{host}:{port}  (docs: http://{host}:{port}/docs)", err=True)
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=access_log)
 
