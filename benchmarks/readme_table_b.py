@@ -13,7 +13,8 @@ import json
 import sys
 from pathlib import Path
 
-from dllm2rec.evaluation.report import CONTROL_LABEL, teacher_metrics_from_dir
+from dllm2rec.evaluation.runs import CONTROL_LABEL
+from dllm2rec.evaluation.teacher_metrics import teacher_metrics_from_dir
 from dllm2rec.utils.io import atomic_write_text
 
 DATASETS = {"ml-100k": "ML-100K", "lastfm": "LastFM"}

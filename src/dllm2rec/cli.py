@@ -6,7 +6,6 @@ Errors that are the user's (bad data, config, artifacts, missing extras) print a
 from __future__ import annotations
 
 import importlib
-import os
 import sys
 
 import typer

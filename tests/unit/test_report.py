@@ -8,6 +8,9 @@ from pathlib import Path
 import pytest
 
 from dllm2rec.evaluation import report as R
+from dllm2rec.evaluation import runs as RU
+from dllm2rec.evaluation import stats as ST
+from dllm2rec.evaluation import teacher_metrics as TM
 
 
 def fake_run(root: Path, name: str, *, dataset="ds", student="sasrec", strategy="none", teacher=None, seed=0,
@@ -36,22 +39,22 @@ def fake_run(root: Path, name: str, *, dataset="ds", student="sasrec", strategy=
 def test_t_quantiles_match_tables():
     # two-sided 95 % critical values of Student's t (any statistics table)
     for dof, want in [(1, 12.7062), (2, 4.3027), (3, 3.1824), (4, 2.7764), (9, 2.2622), (29, 2.0452)]:
-        assert R.t_ppf(0.975, dof) == pytest.approx(want, abs=1e-4)
-    assert R.t_ppf(0.025, 2) == pytest.approx(-4.3027, abs=1e-4)
-    assert R.t_cdf(0.0, 5) == pytest.approx(0.5)
+        assert ST.t_ppf(0.975, dof) == pytest.approx(want, abs=1e-4)
+    assert ST.t_ppf(0.025, 2) == pytest.approx(-4.3027, abs=1e-4)
+    assert ST.t_cdf(0.0, 5) == pytest.approx(0.5)
 
 
 def test_stat_by_hand():
-    s = R.Stat.of([0.10, 0.12, 0.14])
+    s = ST.Stat.of([0.10, 0.12, 0.14])
     assert s.n == 3
     assert s.mean == pytest.approx(0.12)
     assert s.std == pytest.approx(0.02)                       # sqrt((0.0004 + 0 + 0.0004) / 2)
     assert s.ci95 == pytest.approx(4.302653 * 0.02 / math.sqrt(3), rel=1e-5)  # = 0.049683
     assert s.fmt("ci") == "0.1200 ± 0.0497"
     assert s.fmt("std") == "0.1200 ± 0.0200"
-    one = R.Stat.of([0.3])
+    one = ST.Stat.of([0.3])
     assert one.n == 1 and math.isnan(one.ci95) and one.fmt() == "0.3000"
-    assert R.Stat.of([]).fmt() == "–"
+    assert ST.Stat.of([]).fmt() == "–"
 
 
 def test_aggregate_groups_and_labels(tmp_path):
@@ -64,11 +67,11 @@ def test_aggregate_groups_and_labels(tmp_path):
     fake_run(tmp_path, "named-0", strategy="rd", teacher="/t", experiment_label="my-rd", test_ndcg=0.3)
     fake_run(tmp_path, "other-ds", dataset="zz", test_ndcg=0.9)
 
-    runs = R.load_runs([tmp_path])
+    runs = RU.load_runs([tmp_path])
     assert len(runs) == 9
-    groups = R.aggregate(runs)
+    groups = RU.aggregate(runs)
     by = {(g.dataset, g.label): g for g in groups}
-    assert set(by) == {("ds", "none"), ("ds", R.CONTROL_LABEL), ("ds", "dllm2rec"),
+    assert set(by) == {("ds", "none"), ("ds", RU.CONTROL_LABEL), ("ds", "dllm2rec"),
                        ("ds", "dllm2rec-wo-position"), ("ds", "my-rd"), ("zz", "none")}
     none = by[("ds", "none")]
     assert none.n == 3 and none.seeds == [0, 1, 2]
@@ -76,26 +79,26 @@ def test_aggregate_groups_and_labels(tmp_path):
     assert none.stats["test/NDCG@20"].ci95 == pytest.approx(0.049683, abs=1e-6)
     assert none.stats["test/HR@20"].mean == pytest.approx(0.24)
     assert none.stats["best_epoch"].mean == pytest.approx(5.0)
-    ctl = by[("ds", R.CONTROL_LABEL)]
+    ctl = by[("ds", RU.CONTROL_LABEL)]
     assert ctl.stats["test/NDCG@20"].mean == pytest.approx(0.25)
     assert ctl.stats["test/NDCG@20"].std == pytest.approx(math.sqrt(0.005))
     assert ctl.stats["test/NDCG@20"].ci95 == pytest.approx(12.7062 * math.sqrt(0.005) / math.sqrt(2), rel=1e-4)
     # method order inside a dataset: none, control, ..., dllm2rec, ablations
     labels = [g.label for g in groups if g.dataset == "ds"]
-    assert labels[:2] == ["none", R.CONTROL_LABEL]
+    assert labels[:2] == ["none", RU.CONTROL_LABEL]
     assert labels.index("dllm2rec") < labels.index("dllm2rec-wo-position")
 
 
 def test_same_seed_found_twice_counts_once(tmp_path):
     d = fake_run(tmp_path, "a", seed=0)
-    runs = R.load_runs([tmp_path, d, str(d / "results.json")])
+    runs = RU.load_runs([tmp_path, d, str(d / "results.json")])
     assert len(runs) == 1
 
 
 def test_label_from_param(tmp_path):
     fake_run(tmp_path, "a", strategy="dllm2rec", teacher="/t", params={"lam": 0.3})
     fake_run(tmp_path, "b", strategy="dllm2rec", teacher="/t", params={"lam": 0.7})
-    labels = sorted(g.label for g in R.aggregate(R.load_runs([tmp_path], label_from="lam")))
+    labels = sorted(g.label for g in RU.aggregate(RU.load_runs([tmp_path], label_from="lam")))
     assert labels == ["dllm2rec [lam=0.3]", "dllm2rec [lam=0.7]"]
 
 
@@ -104,10 +107,10 @@ def test_markdown_table_protocol_control_and_cap_marker(tmp_path):
     fake_run(tmp_path, "ctl-0", strategy="dllm2rec", teacher="random", test_ndcg=0.12)
     fake_run(tmp_path, "kd-0", strategy="dllm2rec", teacher="/t", test_ndcg=0.15, best_epoch=100, epochs_run=100,
              cap=100)
-    md = R.markdown_table(R.aggregate(R.load_runs([tmp_path])),
+    md = R.markdown_table(RU.aggregate(RU.load_runs([tmp_path])),
                           teacher_metrics={"ds": {"test/full/NDCG@20": 0.33}})
     assert "full ranking over all items, valid-selected, test at selected epoch" in md
-    assert f"**{R.CONTROL_LABEL}**" in md
+    assert f"**{RU.CONTROL_LABEL}**" in md
     assert "+0.0500 (+50.0%)" in md      # dllm2rec vs none
     assert "+0.0300 (+25.0%)" in md      # dllm2rec vs random-teacher control
     assert "†" in md and "epoch cap" in md
@@ -118,21 +121,21 @@ def test_markdown_table_protocol_control_and_cap_marker(tmp_path):
 
 def test_missing_control_is_called_out(tmp_path):
     fake_run(tmp_path, "kd-0", strategy="dllm2rec", teacher="/t")
-    md = R.markdown_table(R.aggregate(R.load_runs([tmp_path])))
+    md = R.markdown_table(RU.aggregate(RU.load_runs([tmp_path])))
     assert "no random-teacher control run for ds/sasrec" in md
 
 
 def test_teacher_metrics_file_shapes(tmp_path):
     flat = tmp_path / "flat.json"
     flat.write_text(json.dumps({"test/full/NDCG@20": 0.2, "test/full/HR@20": 0.4}))
-    assert R.load_teacher_metrics(flat, ["ml-100k"]) == {"ml-100k": {"test/full/NDCG@20": 0.2,
+    assert TM.load_teacher_metrics(flat, ["ml-100k"]) == {"ml-100k": {"test/full/NDCG@20": 0.2,
                                                                     "test/full/HR@20": 0.4}}
     keyed = tmp_path / "keyed.json"
     keyed.write_text(json.dumps({"a": {"test/full/NDCG@20": 0.1}, "b": {"test": {"NDCG@20": 0.3}}}))
-    tm = R.load_teacher_metrics(keyed)
-    assert R._find_metric(tm["a"], "test", "NDCG@20") == 0.1
-    assert R._find_metric(tm["b"], "test", "NDCG@20") == 0.3
-    assert R._find_metric({"valid": {"NDCG@20": 0.5}}, "test", "NDCG@20") is None
+    tm = TM.load_teacher_metrics(keyed)
+    assert TM.find_metric(tm["a"], "test", "NDCG@20") == 0.1
+    assert TM.find_metric(tm["b"], "test", "NDCG@20") == 0.3
+    assert TM.find_metric({"valid": {"NDCG@20": 0.5}}, "test", "NDCG@20") is None
 
 
 def test_no_runs_is_a_clear_error(tmp_path):
@@ -146,10 +149,10 @@ def test_teacher_metrics_from_artifacts_manifest(tmp_path):
     (tmp_path / "manifest.json").write_text(json.dumps({
         "teacher": "llm-emb", "teacher_valid": {"valid/full/NDCG@20": 0.11},
         "teacher_test": {"test/full/NDCG@20": 0.12, "test/full/HR@20": 0.3}}))
-    tm = R.teacher_metrics_from_dir(tmp_path)
-    assert R._find_metric(tm, "test", "NDCG@20") == 0.12
-    assert R._find_metric(tm, "valid", "NDCG@20") == 0.11
-    assert R._find_metric(tm, "test", "HR@20") == 0.3
+    tm = TM.teacher_metrics_from_dir(tmp_path)
+    assert TM.find_metric(tm, "test", "NDCG@20") == 0.12
+    assert TM.find_metric(tm, "valid", "NDCG@20") == 0.11
+    assert TM.find_metric(tm, "test", "HR@20") == 0.3
 
 
 def test_report_cells_from_known_values_and_teacher_manifest(tmp_path):
@@ -167,8 +170,8 @@ def test_report_cells_from_known_values_and_teacher_manifest(tmp_path):
         "teacher_valid": {"full-excl/HR@20": 0.245, "full-excl/NDCG@20": 0.0977},
         "teacher_test": {"full-excl/HR@20": 0.2276, "full-excl/NDCG@20": 0.0908}}))
     for src in (tdir, tdir / "manifest.json"):                      # the directory and the file both work
-        tm = R.load_teacher_metrics(src, ["ds"])
-        md = R.markdown_table(R.aggregate(R.load_runs([runs])), teacher_metrics=tm)
+        tm = TM.load_teacher_metrics(src, ["ds"])
+        md = R.markdown_table(RU.aggregate(RU.load_runs([runs])), teacher_metrics=tm)
         head = next(line for line in md.splitlines() if line.startswith("| dataset"))
         cols = [c.strip() for c in head.strip("|").split("|")]
         trow = next(line for line in md.splitlines() if line.startswith("| ds | teacher"))
@@ -182,8 +185,8 @@ def test_report_cells_from_known_values_and_teacher_manifest(tmp_path):
         assert scells["test NDCG@20"] == "0.1000" and scells["n"] == "1"
         assert scells["best epoch"] == str(int(scells["best epoch"]))  # "14", not "14.0"
         assert "history not masked" in md
-    assert R._find_metric({"teacher_valid": {"NDCG@20": 1.0}}, "test", "NDCG@20") is None
-    assert R._find_metric({"NDCG@20": 0.3}, "test", "NDCG@20") == 0.3
+    assert TM.find_metric({"teacher_valid": {"NDCG@20": 1.0}}, "test", "NDCG@20") is None
+    assert TM.find_metric({"NDCG@20": 0.3}, "test", "NDCG@20") == 0.3
 
 
 def test_summary_json_is_strict_json(tmp_path):

@@ -167,8 +167,8 @@ def find_teacher(dataset_name: str, teacher: str | None, dataset=None) -> tuple[
                              "shows that the mechanism works, not what an LLM teacher gives)")
         return teacher, f"teacher artifacts {teacher}"
     shipped = shipped_teacher_dir(dataset_name)
-    fix = (f"fit one with `dllm2rec teacher fit-llmemb DATASET --out DIR` and pass `--teacher DIR` "
-           f"(or `--teacher synthetic` for a labelled oracle smoke test)")
+    fix = ("fit one with `dllm2rec teacher fit-llmemb DATASET --out DIR` and pass `--teacher DIR` "
+           "(or `--teacher synthetic` for a labelled oracle smoke test)")
     if not (shipped / "manifest.json").is_file():
         raise ArtifactError(f"{shipped}: no shipped teacher artifacts for dataset '{dataset_name}'; {fix}")
     notes: list[str] = []
@@ -217,7 +217,8 @@ def register(app: typer.Typer) -> None:
         out: Optional[Path] = typer.Option(None, "--out", help="also write the table (Markdown) + JSON here"),
     ) -> None:
         """Why distillation helps or not: teacher HR@K, student-teacher top-K overlap, gain on teacher-right rows."""
-        from dllm2rec.evaluation.report import analysis_markdown, load_runs, teacher_student_analysis
+        from dllm2rec.evaluation.analysis import analysis_markdown, teacher_student_analysis
+        from dllm2rec.evaluation.runs import load_runs
         from dllm2rec.experiments import load_dataset
         from dllm2rec.training.trainer import load_teacher
         from dllm2rec.config import load_config
@@ -318,7 +319,8 @@ def register(app: typer.Typer) -> None:
         override: list[str] = typer.Option([], "--set", "-o", help="dotted override for every run"),
     ) -> None:
         """The whole product on the embedded default: dataset -> teacher -> baseline vs distilled -> table + plot."""
-        from dllm2rec.evaluation.report import build_report, teacher_metrics_from_dir
+        from dllm2rec.evaluation.report import build_report
+        from dllm2rec.evaluation.teacher_metrics import teacher_metrics_from_dir
         from dllm2rec.experiments import GridSpec, load_dataset, run_grid
 
         if source is not None:
@@ -361,7 +363,7 @@ def register(app: typer.Typer) -> None:
 
 
 def load_teacher_metrics_dict(raw: dict[str, Any], dataset: str) -> dict[str, dict[str, float]]:
-    from dllm2rec.evaluation.report import flatten
+    from dllm2rec.evaluation.teacher_metrics import flatten
 
     if not raw:
         return {}

@@ -22,8 +22,9 @@ from typing import Any, Callable
 
 from dllm2rec.config import RunConfig, load_config
 from dllm2rec.errors import ConfigError, MissingDependencyError
-from dllm2rec.evaluation.report import (_find_metric, load_runs, teacher_metrics_from_dir, teacher_protocol,
-                                        teacher_student_analysis)
+from dllm2rec.evaluation.analysis import teacher_student_analysis
+from dllm2rec.evaluation.runs import load_runs
+from dllm2rec.evaluation.teacher_metrics import find_metric, teacher_metrics_from_dir, teacher_protocol
 from dllm2rec.teachers.artifacts import TeacherArtifacts
 from dllm2rec.training.trainer import Trainer
 from dllm2rec.utils.io import atomic_write_text
@@ -81,7 +82,7 @@ def preflight(config: Path | None, overrides: list[str], out: Path, ds=None, epo
     metric = f"HR@{k}"
     s_valid = _valid(res, metric)
     t_metrics = teacher_metrics_from_dir(teacher_dir)
-    t_valid = _find_metric(t_metrics, "valid", metric)
+    t_valid = find_metric(t_metrics, "valid", metric)
     t_proto = teacher_protocol(t_metrics) or "?"
     ana = teacher_student_analysis(ds, teacher, load_runs([run_dir]), k=k, max_rows=max_rows)
     r = ana["runs"][0]
