@@ -5,7 +5,7 @@ validation), a plain SASRec student (no distillation), the share of test rows wh
 top-20 overlap (any common item) plus the mean overlap fraction, the teacher's training time, and how often the
 teacher's top-1 equals the training target with and without K-fold cross-fitting.
 
-    python benchmarks/teacher_quality.py --datasets ml-100k lastfm [--encoder minilm] [--threads 1]
+    python scripts/teacher_quality.py --datasets ml-100k lastfm [--encoder minilm] [--threads 1]
 
 Datasets come from ``prepared/<name>`` (``dllm2rec data prepare``); ``--data-root`` overrides it. When a prepared
 directory is missing, a fallback builds the same recipe from ../shared/data into a temporary directory (ML-100K:
@@ -55,7 +55,7 @@ def _ml100k(src: Path, max_len: int = 10) -> SeqDataset:
         splits[name] = make_split([hist[i] for i in idx], [tgt[i] for i in idx], n_items, max_len,
                                   users=[usr[i] for i in idx], times=[tim[i] for i in idx])
     return SeqDataset("ml-100k", n_items, max_len, titles, splits,
-                      {"source": "fallback (benchmarks/teacher_quality.py)"})
+                      {"source": "fallback (scripts/teacher_quality.py)"})
 
 
 def _lastfm(src: Path, max_len: int = 10) -> SeqDataset:
@@ -73,7 +73,7 @@ def _lastfm(src: Path, max_len: int = 10) -> SeqDataset:
         hs = [[int(x) for x in s if int(x) != n_items] for s in df["seq"]]
         splits[name] = make_split(hs, df["next"].astype(int).tolist(), n_items, max_len)
     return SeqDataset("lastfm", n_items, max_len, [titles.get(i, f"item {i}") for i in range(n_items)], splits,
-                      {"source": "fallback (benchmarks/teacher_quality.py)"})
+                      {"source": "fallback (scripts/teacher_quality.py)"})
 
 
 def load_dataset(name: str, data_root: Path | None = None) -> SeqDataset:

@@ -4,7 +4,7 @@ Reads ``dllm2rec teacher evaluate --json-out`` results (one per variant, all on 
 and adds, on exactly those rows, plain SASRec (a finished run's best checkpoint, official unmasked protocol) and
 the llm-emb teacher (a saved model, its own protocol: history masked).
 
-    python benchmarks/bigrec_steps.py --dataset prepared/ml-100k --gen runs/teacher/ml100k-smol/gen-test-c20 \
+    python scripts/bigrec_steps.py --dataset prepared/ml-100k --gen runs/teacher/ml100k-smol/gen-test-c20 \
         --variant "free beam 4, LLM last-token grounding=runs/teacher/ml100k-smol/eval-test-free4-llm.json" ... \
         --sasrec-run runs/table-a/ml-100k/sasrec/none/s0 --llmemb-model /tmp/llmemb/models/ml-100k
 """

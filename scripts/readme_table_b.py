@@ -1,7 +1,7 @@
 """The README's compact table (b) from a `dllm2rec report` summary.json (+ the teachers' own test metrics).
 
     dllm2rec report 'runs/table-a/ml-100k/**' 'runs/table-a/lastfm/**' --out runs/table-b-report
-    python benchmarks/readme_table_b.py runs/table-b-report/summary.json --write README.md
+    python scripts/readme_table_b.py runs/table-b-report/summary.json --write README.md
 
 Prints the Markdown rows; with ``--write`` the block between ``<!-- table-b:start -->`` and ``<!-- table-b:end -->``
 in that file is replaced (atomically), so the README table is regenerated, never hand-edited.

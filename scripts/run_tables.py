@@ -5,9 +5,9 @@
     SASRec / GRU4Rec / Caser × {none, random-teacher control, rd, dllm2rec}, plus SASRec × the six ablations;
     3 seeds.
 
-    python benchmarks/run_tables.py --table a                      # issue-2 table
-    python benchmarks/run_tables.py --table b --jobs 2             # issue-5 table (needs the teacher artifacts)
-    python benchmarks/run_tables.py --table all --dry-run          # list runs and their state
+    python scripts/run_tables.py --table a                      # issue-2 table
+    python scripts/run_tables.py --table b --jobs 2             # issue-5 table (needs the teacher artifacts)
+    python scripts/run_tables.py --table all --dry-run          # list runs and their state
 
 Every cell is one run directory ``<out>/<dataset>/<student>/<method>/s<seed>``; finished runs are skipped and killed
 ones continue from their last epoch, so the script can be stopped and restarted at will. Both tables share the
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     cmd_args = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--report-only"]
     caption = (f"epoch cap {args.epochs}, patience {args.patience} on validation NDCG@20, one run at a time with "
                f"train.num_threads=1 on a shared 2-core CPU (s/epoch includes contention); seeds "
-               f"{','.join(map(str, seeds))}; command: `python benchmarks/run_tables.py {' '.join(cmd_args)}`")
+               f"{','.join(map(str, seeds))}; command: `python scripts/run_tables.py {' '.join(cmd_args)}`")
     titles = {"a": "Table (a): plain students, no distillation (issue 2)",
               "b": "Table (b): distillation with the shipped LLM teacher (issue 5)"}
     for name, ds in dirs.items():

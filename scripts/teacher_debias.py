@@ -6,7 +6,7 @@ needs) at some cost in accuracy. Rule (issue 3's targets, validation rows only):
 validation overlap with SASRec's top-20 is below ``--max-overlap`` and whose validation HR@20 is at least
 ``--min-pop-ratio`` × popularity. Test metrics are printed for that τ (and τ = 0) only.
 
-    python benchmarks/teacher_debias.py --dataset prepared/ml-100k --teacher-model /tmp/llmemb/models/ml-100k \
+    python scripts/teacher_debias.py --dataset prepared/ml-100k --teacher-model /tmp/llmemb/models/ml-100k \
         --sasrec-run runs/table-a/ml-100k/sasrec/none/s0
 """
 from __future__ import annotations
