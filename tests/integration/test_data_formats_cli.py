@@ -153,3 +153,28 @@ def test_real_ml100k_popularity_matches_dense_ranking(tmp_path):
     ref = metrics_from_ranks(ranks, (1, 5, 10, 20))
     assert all(js[k] == pytest.approx(v, abs=1e-12) for k, v in ref.items())
     assert round(js["full/HR@20"], 4) == 0.0626
+
+
+@pytest.mark.skipif(not (SHARED / "amazon-toys-p5" / "sequential.txt").is_file(), reason="../shared/data/amazon-toys-p5 missing")
+def test_real_toys_as_recbole_sequential_triple_equals_p5_leave_one_out(tmp_path):
+    """Toys written as RecBole's benchmark triple (RecBole's augmentation: every prefix of ≤ 50 items, last two
+    items valid/test) must give exactly the windows of the P5 leave-one-out import (same numeric ids)."""
+    from dllm2rec.data.registry import import_dataset
+
+    d = tmp_path / "toys-rb"
+    d.mkdir()
+    rows: dict[str, list[str]] = {"train": [], "valid": [], "test": []}
+    for line in (SHARED / "amazon-toys-p5" / "sequential.txt").read_text().splitlines():
+        u, *s = line.split()
+        n = len(s)
+        for i in range(1, n - 2):
+            rows["train"].append(f"{u}\t{' '.join(s[max(0, i - 50):i])}\t{s[i]}\n")
+        for split, i in (("valid", n - 2), ("test", n - 1)):
+            rows[split].append(f"{u}\t{' '.join(s[max(0, i - 50):i])}\t{s[i]}\n")
+    for split, rs in rows.items():
+        (d / f"toys.{split}.inter").write_text(SEQ_HEAD + "".join(rs))
+    rb = import_dataset("recbole", d)
+    p5 = import_dataset("p5", SHARED / "amazon-toys-p5")
+    assert rb.meta["recipe"] == "file" and rb.n_items == p5.n_items == 11_924
+    assert {s: rb[s].content_hash() for s in rb.splits} == {s: p5[s].content_hash() for s in p5.splits}
+    assert rb.meta["split_warnings"] == [] and rb.meta["placeholder_titles"] == 11_924  # no .item file
