@@ -217,3 +217,183 @@ def test_pop_tau_ranks_only_in_eval_mode(ds, fitted):
         fitted.set_pop_tau(0.0, ds)
         m.eval()
     assert fitted.cfg.pop_tau == 0.0 and m.rank_offset is None
+
+
+# ---------------------------------------------------------------------------------------------- scale (issue 11.3)
+def test_sampled_loss_equals_full_softmax_when_every_item_is_a_candidate(ds):
+    """With so many negatives that every item is drawn and q_c = 1, the sampled softmax IS the full softmax: this
+    pins the local re-indexing of history / candidates / labels (and PAD) in ``sampled_loss``."""
+    from dllm2rec.teachers.llmemb_fit import full_loss, label_shares, sampled_loss
+
+    train = ds["train"]
+    for kw in ({}, {"all_positions": True, "id_emb": True}):
+        cfg = _cfg(negatives=100_000, dropout=0.0, **kw)
+        torch.manual_seed(0)
+        model = LLMEmbSeqModel(np.random.default_rng(0).standard_normal((ds.n_items, 8)), ds.max_len, 16, 1, 2, 0.0,
+                               cfg.id_emb, True, "mlp").eval()
+        with torch.no_grad():
+            model.bias.normal_()
+        b = torch.arange(0, 40)
+        seq, lens, tgt = (torch.from_numpy(a)[b].clone() for a in (train.seq, train.len, train.target))
+        lens[::2] = torch.arange(20) % 10  # short and empty histories: right-padded with PAD = N
+        seq[torch.arange(seq.shape[1])[None, :] >= lens[:, None]] = ds.n_items
+        p = label_shares(train, np.arange(len(train)), ds.n_items, cfg.all_positions)
+        gen = torch.Generator().manual_seed(0)
+        torch.testing.assert_close(sampled_loss(model, seq, lens, tgt, cfg, ds.n_items, gen, p),
+                                   full_loss(model, seq, lens, tgt, cfg, ds.n_items))
+    # few negatives: the loss over C = labels ∪ negatives with the logQ correction, computed from the full scores
+    from dllm2rec.teachers.llmemb_fit import inclusion_logq
+
+    cfg = _cfg(negatives=5, dropout=0.0)
+    got = sampled_loss(model, seq, lens, tgt, cfg, ds.n_items, torch.Generator().manual_seed(3), p)
+    cand = torch.unique(torch.cat([tgt, torch.randint(ds.n_items, (5,), generator=torch.Generator().manual_seed(3))]))
+    assert len(cand) < ds.n_items
+    with torch.no_grad():
+        logits = model.score_all(model.encode(seq, lens))[:, cand] - inclusion_logq(p[cand], len(tgt), 5, ds.n_items)
+    want = torch.nn.functional.cross_entropy(logits.float(), torch.searchsorted(cand, tgt))
+    torch.testing.assert_close(got, want)
+
+
+def test_inclusion_logq_matches_monte_carlo():
+    """q_c = P(c in labels ∪ uniform negatives): the logQ correction of the sampled softmax, checked by simulation."""
+    from dllm2rec.teachers.llmemb_fit import inclusion_logq
+
+    n, n_labels, k = 50, 8, 10
+    p = torch.from_numpy(np.random.default_rng(0).dirichlet(np.full(n, 0.3)))
+    rng = np.random.default_rng(1)
+    hits = np.zeros(n)
+    trials = 20_000
+    for _ in range(trials):
+        s = np.concatenate([rng.choice(n, n_labels, p=p.numpy()), rng.integers(0, n, k)])
+        hits[np.unique(s)] += 1
+    np.testing.assert_allclose(np.exp(inclusion_logq(p, n_labels, k, n).numpy()), hits / trials, atol=0.015)
+
+
+def test_sampled_mode_runs_the_adapter_on_the_batch_items_only():
+    """The point of the scalable mode: a training step's adapter work does not grow with the catalogue."""
+    big = make_synthetic(n_items=600, n_users=60, seq_len=14, max_len=10, seed=4)
+    seen = []
+    for mode in ("sampled", "full"):
+        cfg = _cfg(item_loss=mode, negatives=16, epochs=1, batch_size=8)
+        seen.clear()
+        orig = LLMEmbSeqModel.reps_for, LLMEmbSeqModel.item_reps
+
+        def spy_for(self, ids, _o=orig[0]):
+            seen.append(len(ids)) if self.training else None
+            return _o(self, ids)
+
+        def spy_all(self, _o=orig[1]):
+            seen.append(self.n_items) if self.training else None
+            return _o(self)
+
+        try:
+            LLMEmbSeqModel.reps_for, LLMEmbSeqModel.item_reps = spy_for, spy_all
+            t = LLMEmbTeacher(cfg).fit(big)
+        finally:
+            LLMEmbSeqModel.reps_for, LLMEmbSeqModel.item_reps = orig
+        assert t.info["item_loss"] == mode
+        if mode == "sampled":
+            assert seen and max(seen) <= 8 * 10 + 8 + 16 < big.n_items
+        else:
+            assert seen and min(seen) == big.n_items
+
+
+def test_item_loss_auto_threshold_and_manifest(ds):
+    assert _cfg().resolve_item_loss(ds.n_items)[0] == "full"  # the shipped recipe on small catalogues
+    assert _cfg(sampled_above=10).resolve_item_loss(ds.n_items)[0] == "sampled"
+    assert _cfg(item_loss="full", sampled_above=10).resolve_item_loss(ds.n_items)[0] == "full"
+    with pytest.raises(ConfigError, match="item_loss"):
+        LLMEmbConfig(item_loss="approx")
+    t = LLMEmbTeacher(_cfg(sampled_above=10, negatives=16, epochs=6)).fit(ds)
+    art = t.artifacts(ds)
+    assert art.manifest["item_loss"] == "sampled" and art.manifest["fit"]["negatives"] == 16
+    assert "sampled_above=10" in art.manifest["fit"]["item_loss_reason"]
+    # and it still learns the synthetic chains (beats popularity on validation)
+    from dllm2rec.evaluation.metrics import metrics_from_ranks, target_ranks
+
+    v = ds["valid"]
+    pop = torch.tensor(ds.item_counts("train"), dtype=torch.float64).expand(len(v), -1)
+    pop_hr = metrics_from_ranks(target_ranks(pop, torch.from_numpy(v.target)), ks=(20,))["full/HR@20"]
+    assert t.evaluate(ds, "valid", ks=(20,))[f"{t.protocol}/HR@20"] > pop_hr
+
+
+def _with_placeholders(ds, ids):
+    import copy
+
+    d = copy.copy(ds)
+    d.meta = dict(ds.meta, placeholder_titles=len(ids), placeholder_title_ids=list(ids))
+    return d
+
+
+def test_placeholder_titles_refused_unless_allowed(ds):
+    bad = _with_placeholders(ds, range(30))
+    emb = np.random.default_rng(0).standard_normal((ds.n_items, 8)).astype(np.float32)
+    with pytest.raises(ConfigError, match="30 of 60 items.*placeholder.*--allow-placeholder-titles") as e:
+        LLMEmbTeacher(_cfg(encoder="minilm", epochs=1)).fit(bad, title_emb=emb)
+    assert "\n" not in str(e.value)
+    t = LLMEmbTeacher(_cfg(encoder="minilm", epochs=1)).fit(bad, title_emb=emb, allow_placeholder_titles=True)
+    assert t.artifacts(bad).manifest["placeholder_titles"] == 30
+    # datasets imported before the importers recorded placeholders (no meta keys) are not refused
+    assert LLMEmbTeacher(_cfg(encoder="minilm", epochs=1)).fit(ds, title_emb=emb).title_notes == {}
+    # one placeholder in a large catalogue (ML-100K's "unknown") is a warning, not a refusal
+    big = make_synthetic(n_items=200, n_users=40, seq_len=12, seed=5)
+    logs = []
+    big = _with_placeholders(big, [7])
+    LLMEmbTeacher(_cfg(encoder="minilm", epochs=1)).fit(big, title_emb=np.ones((200, 4), np.float32) +
+                                                        np.eye(200, 4, dtype=np.float32), log=logs.append)
+    assert any("warning" in m and "1 of 200" in m for m in logs)
+
+
+def test_budget_scores_only_the_selected_rows(ds, fitted):
+    from dllm2rec.teachers.llmemb import select_train_rows
+
+    full = fitted.artifacts(ds)
+    pos = select_train_rows(len(ds["train"]), budget=25, select="random", seed=3)
+    art = fitted.artifacts(ds, rows=pos)
+    assert art.covered.sum() == 25 and art.covered[pos].all() and art.manifest["train_rows_scored"] == 25
+    np.testing.assert_array_equal(art.topk_ids[pos], full.topk_ids[pos])  # same lists where covered
+    np.testing.assert_allclose(art.topk_dist[pos], full.topk_dist[pos])
+    unc = ~art.covered
+    assert (art.topk_ids[unc] == -1).all() and np.isnan(art.topk_dist[unc]).all()
+    assert np.isnan(art.target_dist[unc]).all()
+    assert len(select_train_rows(101, rows_fraction=0.25)) == 26
+    np.testing.assert_array_equal(select_train_rows(10, budget=3), [0, 1, 2])
+    with pytest.raises(ConfigError):
+        select_train_rows(10, budget=3, rows_fraction=0.5)
+    with pytest.raises(ConfigError):
+        select_train_rows(10, rows_fraction=1.5)
+
+
+def test_title_embeddings_cached_by_encoder_and_titles(monkeypatch, tmp_path):
+    from dllm2rec.teachers import encoders
+
+    calls = []
+
+    def fake(titles, batch_size=128, progress_cb=None):
+        calls.append(len(titles))
+        if progress_cb:
+            progress_cb(len(titles))
+        return np.array([[len(t), 1.0] for t in titles], np.float32)
+
+    monkeypatch.setenv("DLLM2REC_CACHE", str(tmp_path))
+    monkeypatch.setattr(encoders, "encode_minilm", fake)
+    a = encoders.encode_titles(["a", "bb"], "minilm")
+    logs = []
+    b = encoders.encode_titles(["a", "bb"], "minilm", log=logs.append)
+    assert calls == [2] and any("cache" in m for m in logs)
+    np.testing.assert_array_equal(a, b)
+    encoders.encode_titles(["a", "bbb"], "minilm")  # other titles: another entry
+    assert calls == [2, 2] and len(list((tmp_path / "title_emb").glob("minilm-*.npy"))) == 2
+
+
+def test_progress_bars_on_a_terminal_silent_in_ci(ds, monkeypatch, capsys):
+    from dllm2rec.utils import progress as prog
+
+    monkeypatch.setattr(prog, "quiet", lambda: False)
+    LLMEmbTeacher(_cfg(epochs=1)).fit(ds)
+    err = capsys.readouterr().err
+    assert "llm-emb full epochs" in err and "valid_ndcg20" in err and "epoch 1" in err
+    monkeypatch.undo()
+    monkeypatch.setenv("CI", "true")
+    LLMEmbTeacher(_cfg(epochs=1)).fit(ds)
+    assert "llm-emb full epochs" not in capsys.readouterr().err

@@ -1,7 +1,8 @@
 """``dllm2rec teacher fit-llmemb``: train the LLM-embedding sequential teacher and write its TeacherArtifacts.
 
 This is the CPU-trainable LLM-based teacher (frozen LLM / sentence-encoder title embeddings + adapter + causal
-transformer), not BIGRec; see docs/llm_emb_teacher.md.
+transformer), not BIGRec; see docs/llm_emb_teacher.md. A fit writes a checkpoint after every epoch (default
+``<out>.ckpt/``, removed once the artifacts are written); ``--resume`` continues an interrupted fit from it.
 """
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import json
 import shlex
 import sys
 from pathlib import Path
+from typing import Optional
 
 import typer
 
@@ -46,6 +48,28 @@ def register(app: typer.Typer) -> None:
         threads: int = typer.Option(1, help="torch threads (keep 1 on shared machines)."),
         model_dir: Path = typer.Option(None, "--model-dir",
                                        help="Also save the trained full model here (for benchmarks / scoring)."),
+        item_loss: str = typer.Option("auto", "--item-loss",
+                                      help="Softmax over items: full (adapter over all N items per step) | sampled "
+                                           "(only the batch's items + --negatives, logQ-corrected) | auto (sampled "
+                                           "above --sampled-above items)."),
+        negatives: int = typer.Option(2048, help="Sampled softmax: uniform negatives per step."),
+        sampled_above: int = typer.Option(10000, "--sampled-above",
+                                          help="--item-loss auto: catalogues larger than this use the sampled "
+                                               "softmax."),
+        checkpoint_dir: Path = typer.Option(None, "--checkpoint-dir",
+                                            help="Per-epoch checkpoints (default: <out>.ckpt)."),
+        checkpoints: bool = typer.Option(True, "--checkpoints/--no-checkpoints", help="Write per-epoch checkpoints."),
+        keep_checkpoints: bool = typer.Option(False, "--keep-checkpoints",
+                                              help="Keep the checkpoints after a successful fit."),
+        resume: bool = typer.Option(False, "--resume",
+                                    help="Continue an interrupted fit from its checkpoint (same options)."),
+        budget: Optional[int] = typer.Option(None, help="Score only N training rows (the rest uncovered)."),
+        rows_fraction: Optional[float] = typer.Option(None, "--rows-fraction",
+                                                      help="Score only this fraction of the training rows."),
+        select: str = typer.Option("first", help="With --budget/--rows-fraction: 'first' rows or seeded 'random'."),
+        allow_placeholder_titles: bool = typer.Option(False, "--allow-placeholder-titles",
+                                                      help="Fit even when many items have placeholder titles "
+                                                           "(ids, ASINs): their embeddings carry no meaning."),
     ) -> None:
         """Train the LLM-embedding sequential teacher (llm-emb, NOT BIGRec) and write validated artifacts."""
         from dllm2rec.data.schema import SeqDataset
@@ -53,14 +77,21 @@ def register(app: typer.Typer) -> None:
 
         ds = SeqDataset.load(dataset)
         cfg = LLMEmbConfig(encoder=encoder, dim=dim, n_layers=layers, n_heads=heads, dropout=dropout, id_emb=id_emb,
-                           all_positions=all_positions, adapter=adapter, item_bias=item_bias, lr=lr, weight_decay=weight_decay, batch_size=batch_size,
-                           epochs=epochs, patience=patience, mask_history=mask_history, cv_folds=cv_folds,
-                           top_n=top_n, pop_tau=pop_tau, seed=seed, threads=threads)
+                           all_positions=all_positions, adapter=adapter, item_bias=item_bias, lr=lr,
+                           weight_decay=weight_decay, batch_size=batch_size, epochs=epochs, patience=patience,
+                           mask_history=mask_history, cv_folds=cv_folds, top_n=top_n, pop_tau=pop_tau, seed=seed,
+                           threads=threads, item_loss=item_loss, negatives=negatives, sampled_above=sampled_above)
+        ckpt = None
+        if checkpoints:
+            ckpt = checkpoint_dir or out.with_name(out.name + ".ckpt")
         command = "dllm2rec " + " ".join(shlex.quote(a) for a in sys.argv[1:])
         _, art = fit_and_save(ds, out, cfg, log=lambda m: typer.echo(m, err=True), model_dir=model_dir,
-                              command=command)
+                              ckpt_dir=ckpt, resume=resume, keep_checkpoints=keep_checkpoints, budget=budget,
+                              rows_fraction=rows_fraction, select=select,
+                              allow_placeholder_titles=allow_placeholder_titles, command=command)
         m = art.manifest
-        summary = {"out": str(out), "teacher": m["teacher"], "encoder": m["encoder"], "rows": art.n_rows,
+        summary = {"out": str(out), "teacher": m["teacher"], "encoder": m["encoder"], "item_loss": m["item_loss"],
+                   "coverage": round(art.coverage, 4), "rows": art.n_rows,
                    "top_n": art.top_n, "mask_history": m["mask_history"], "train_row_scoring": m["train_row_scoring"],
                    "teacher_valid": m["teacher_valid"], "teacher_test": m["teacher_test"],
                    "train_row_stats": m["train_row_stats"], "seconds": m["total_seconds"]}

@@ -140,21 +140,44 @@ def titles_hash(titles: Sequence[str]) -> str:
     return hashlib.sha256("\n".join(titles).encode("utf-8")).hexdigest()[:16]
 
 
+def title_cache_path(titles: Sequence[str], encoder: str) -> Path:
+    """Where ``encode_titles`` caches the embeddings of ``titles`` under ``encoder`` (encoder + titles hash)."""
+    return cache_root() / "title_emb" / f"{encoder}-v{_VERSION}-{titles_hash([str(t) for t in titles])}.npy"
+
+
 def encode_titles(titles: Sequence[str], encoder: str = "minilm", cache: bool = True,
-                  progress_cb: Callable | None = None) -> np.ndarray:
-    """[N, D] float32 title embeddings of ``encoder`` (cached on disk unless ``cache=False``)."""
+                  progress_cb: Callable | None = None, log: Callable[[str], None] | None = None) -> np.ndarray:
+    """[N, D] float32 title embeddings of ``encoder`` (cached on disk unless ``cache=False``).
+
+    Encoding shows a progress bar over the titles with an ETA (quiet under CI / ``DLLM2REC_PROGRESS=0``, see
+    ``dllm2rec.utils.progress``); a cache hit is logged through ``log``."""
+    from dllm2rec.utils.progress import progress
+
     if encoder not in ENCODERS:
         raise ConfigError(f"unknown title encoder '{encoder}'; choose one of: {', '.join(ENCODERS)}")
     titles = [str(t) for t in titles]
+    log = log or (lambda m: None)
     if encoder == "random":
         return encode_random(titles)
-    path = cache_root() / "title_emb" / f"{encoder}-v{_VERSION}-{titles_hash(titles)}.npy"
+    path = title_cache_path(titles, encoder)
     if cache and path.is_file():
         emb = np.load(path, allow_pickle=False)
         if emb.shape[0] == len(titles):
+            log(f"[llm-emb] title embeddings of {len(titles):,} titles read from the cache {path}")
             return emb
     fn = {"minilm": encode_minilm, "smollm2": encode_smollm2}[encoder]
-    emb = fn(titles, progress_cb=progress_cb)
+    log(f"[llm-emb] encoding {len(titles):,} titles with '{encoder}' (cached afterwards in {path.parent})")
+    bar = progress(total=len(titles), desc=f"encoding titles ({encoder})", unit="title", leave=True)
+
+    def cb(done: int) -> None:
+        bar.update(done - bar.n)
+        if progress_cb:
+            progress_cb(done)
+
+    try:
+        emb = fn(titles, progress_cb=cb)
+    finally:
+        bar.close()
     if not np.isfinite(emb).all():
         raise RuntimeError(f"title encoder '{encoder}' produced NaN/inf embeddings")
     if cache:

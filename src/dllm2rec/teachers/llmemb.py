@@ -9,7 +9,9 @@ trainable adapter, and a causal transformer over the user's history scores all i
     h_s  = LN(Transformer([BOS, e_{i1} .. e_{in}] + pos))[n]         (2 layers, 2 heads, pre-LN, causal)
     ŷ_si = h_s · e_i + c_i                                   (tied: the same e_i on both sides)
 
-Trained with full-softmax cross-entropy over all N items (AdamW), early-stopped on VALIDATION NDCG@20 only.
+Trained with cross-entropy over the items (AdamW), early-stopped on VALIDATION NDCG@20 only: the full softmax over
+all N items up to ``sampled_above`` items, a sampled softmax with the logQ correction above (``item_loss``; the loop,
+checkpoints and ``resume`` live in ``llmemb_fit.py``, the config and model in ``llmemb_model.py``).
 
 Artifacts (the ``TeacherArtifacts`` contract, exactly what BIGRec emits):
 - ``item_emb``   the frozen title embeddings z_i (fp16) — the language knowledge embedding distillation transfers;
@@ -17,288 +19,95 @@ Artifacts (the ``TeacherArtifacts`` contract, exactly what BIGRec emits):
 - ``topk_dist``  d_si = logsumexp_j ŷ_sj − ŷ_si = −log p_teacher(i | s) (softmax over the ranked items): ascending
                  with rank, ≥ 0, and exp(−d) is the teacher's probability;
 - ``target_dist`` the same for the true target (the target always stays in the softmax, even when masking);
-- ``covered``    all True.
+- ``covered``    True for the scored rows: all of them, or a ``budget`` / ``rows_fraction`` subset (the rest get
+                 ids −1 and NaN distances, as ``teacher generate --budget`` leaves BIGRec's).
 With ``cv_folds = K ≥ 2`` the training rows are scored by cross-fitting: K models, each trained on the other folds
 (folds by user when the split has users, else contiguous row blocks), score the held-out fold, so the student never
 receives rankings of rows the teacher memorised. Valid/test numbers always come from the model trained on all rows.
+
+Text-based encoders refuse datasets whose titles are mostly placeholders (``meta["placeholder_titles"]`` /
+``meta["placeholder_title_ids"]`` written by the importers: more than ``PLACEHOLDER_REFUSE_SHARE`` of the items)
+unless ``allow_placeholder_titles``; fewer are a logged warning and a manifest field.
 """
 from __future__ import annotations
 
-import copy
+import hashlib
+import json
+import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import nn
 
 from dllm2rec.errors import ConfigError
 from dllm2rec.registry import register_teacher
+from dllm2rec.teachers.llmemb_fit import has_checkpoint, train_model
+from dllm2rec.teachers.llmemb_model import (  # noqa: F401  (re-exported: tests and benchmarks import them here)
+    ITEM_LOSSES,
+    LLMEmbConfig,
+    LLMEmbSeqModel,
+    _eval_ranks,
+    _folds,
+    _ndcg20,
+    history_mask,
+    popularity_offset,
+    score_rows,
+)
 
 TEACHER_NAME = "llm-emb"
 TEACHER_KIND = "llm-emb-seq"
 LABEL = "LLM-embedding sequential teacher (frozen title embeddings + adapter + causal transformer; not BIGRec)"
+PLACEHOLDER_REFUSE_SHARE = 0.01  # more than 1 % placeholder titles: refuse (ML-100K's one "unknown" only warns)
+# config fields that do not change what training computes (excluded from the checkpoint key)
+_NOT_TRAINING = ("threads", "eval_batch", "top_n", "pop_tau")
 
 
-@dataclass
-class LLMEmbConfig:
-    encoder: str = "minilm"
-    dim: int = 64
-    n_layers: int = 2
-    n_heads: int = 2
-    dropout: float = 0.2
-    id_emb: bool = False           # pure LLM-embedding items by default (see docs/llm_emb_teacher.md)
-    item_bias: bool = True
-    adapter: str = "mlp"           # "mlp" (384 -> 2d -> d) | "linear" (384 -> d: items stay a linear map of the text)
-    all_positions: bool = False   # CE at every prefix position too (SASRec-style) instead of the last one only
-    lr: float = 1e-3
-    weight_decay: float = 0.01
-    batch_size: int = 256
-    epochs: int = 40
-    patience: int = 3
-    mask_history: str = "auto"    # "auto" (chosen on validation) | "on" | "off"
-    cv_folds: int = 0             # 0/1: score training rows with the full model; K >= 2: K-fold cross-fitting
-    top_n: int = 20
-    pop_tau: float = 0.0          # rank by score − τ·log(1 + training count) (logit adjustment; 0 = off)
-    seed: int = 0
-    threads: int = 1
-    eval_batch: int = 1024
-
-    def __post_init__(self) -> None:
-        if self.mask_history not in ("auto", "on", "off"):
-            raise ConfigError(f"mask_history must be auto/on/off, got {self.mask_history!r}")
-        if self.dim % self.n_heads:
-            raise ConfigError(f"dim {self.dim} is not divisible by n_heads {self.n_heads}")
-        if self.cv_folds < 0 or self.cv_folds == 1:
-            self.cv_folds = 0
-        if self.top_n < 1:
-            raise ConfigError("top_n must be >= 1")
-        if self.pop_tau < 0:
-            raise ConfigError(f"pop_tau must be >= 0, got {self.pop_tau}")
-        if self.adapter not in ("mlp", "linear"):
-            raise ConfigError(f"adapter must be mlp or linear, got {self.adapter!r}")
+def placeholder_titles(dataset, encoder: str, allow: bool = False, log: Callable[[str], None] | None = None) -> dict:
+    """Refuse (ConfigError) or note items without a real title; {} when titles are fine or not used."""
+    ids = list(dataset.meta.get("placeholder_title_ids", []) or [])
+    n = max(int(dataset.meta.get("placeholder_titles", 0) or 0), len(ids))
+    if encoder == "random" or n == 0:
+        return {}
+    share = n / max(dataset.n_items, 1)
+    eg = ", ".join(str(i) for i in ids[:5]) + (", ..." if len(ids) > 5 else "")
+    what = (f"dataset '{dataset.name}': {n:,} of {dataset.n_items:,} items ({share:.1%}) have placeholder titles"
+            + (f" (ids {eg})" if ids else ""))
+    if share > PLACEHOLDER_REFUSE_SHARE and not allow:
+        raise ConfigError(f"{what}; the llm-emb teacher would encode ids, not titles — import real titles, or pass "
+                          "--allow-placeholder-titles to fit anyway")
+    (log or (lambda m: None))(f"[llm-emb] warning: {what}; their embeddings carry no language knowledge")
+    return {"placeholder_titles": n, "placeholder_title_share": round(share, 6)}
 
 
-class LLMEmbSeqModel(nn.Module):
-    """Causal transformer over adapted frozen title embeddings. Exposes ``n_items``/``encode``/``score_all`` so the
-    students' evaluation protocol (``dllm2rec.evaluation.protocol.rank_targets``) runs on it unchanged."""
-
-    def __init__(self, title_emb: np.ndarray | torch.Tensor, max_len: int = 10, dim: int = 64, n_layers: int = 2,
-                 n_heads: int = 2, dropout: float = 0.2, id_emb: bool = True, item_bias: bool = True,
-                 adapter: str = "mlp"):
-        super().__init__()
-        z = torch.as_tensor(np.asarray(title_emb, dtype=np.float32))
-        z = z - z.mean(0, keepdim=True)
-        z = z / z.pow(2).mean().sqrt().clamp(min=1e-8)  # unit RMS: encoders differ wildly in scale
-        self.register_buffer("title", z, persistent=True)
-        self.n_items, self.max_len, self.dim = int(z.shape[0]), int(max_len), int(dim)
-        if adapter == "linear":
-            self.adapter = nn.Sequential(nn.Linear(z.shape[1], dim), nn.LayerNorm(dim))
-        else:
-            self.adapter = nn.Sequential(nn.Linear(z.shape[1], 2 * dim), nn.GELU(), nn.Dropout(dropout),
-                                         nn.Linear(2 * dim, dim), nn.LayerNorm(dim))
-        self.id_emb = nn.Embedding(self.n_items, dim) if id_emb else None
-        if self.id_emb is not None:
-            nn.init.normal_(self.id_emb.weight, 0.0, 0.02)
-        self.bias = nn.Parameter(torch.zeros(self.n_items)) if item_bias else None
-        self.bos = nn.Parameter(torch.randn(dim) * 0.02)
-        self.pos = nn.Embedding(max_len + 1, dim)
-        nn.init.normal_(self.pos.weight, 0.0, 0.02)
-        self.drop = nn.Dropout(dropout)
-        layer = nn.TransformerEncoderLayer(dim, n_heads, 2 * dim, dropout, activation="gelu", batch_first=True,
-                                           norm_first=True)
-        self.encoder = nn.TransformerEncoder(layer, n_layers, enable_nested_tensor=False)
-        self.ln = nn.LayerNorm(dim)
-        causal = torch.triu(torch.full((max_len + 1, max_len + 1), float("-inf")), diagonal=1)
-        self.register_buffer("causal", causal, persistent=False)
-        self._reps: torch.Tensor | None = None  # cached item representations in eval mode
-        # popularity adjustment subtracted when *ranking* (eval mode only; training never sees it), see pop_tau
-        self.rank_offset: torch.Tensor | None = None
-
-    def item_reps(self) -> torch.Tensor:
-        if not self.training and self._reps is not None:
-            return self._reps
-        e = self.adapter(self.title)
-        if self.id_emb is not None:
-            e = e + self.id_emb.weight
-        if not self.training:
-            self._reps = e
-        return e
-
-    def train(self, mode: bool = True):
-        self._reps = None
-        return super().train(mode)
-
-    def hidden(self, seq: torch.Tensor, reps: torch.Tensor | None = None) -> torch.Tensor:
-        """[B, L] right-padded ids -> [B, L+1, d]; position j is the state after the first j history items."""
-        B, L = seq.shape
-        reps = self.item_reps() if reps is None else reps
-        table = torch.cat([reps, reps.new_zeros(1, self.dim)])  # PAD -> 0
-        x = torch.cat([self.bos.expand(B, 1, self.dim), table[seq]], 1) + self.pos.weight[: L + 1]
-        h = self.encoder(self.drop(x), mask=self.causal[: L + 1, : L + 1], is_causal=True)
-        return self.ln(h)
-
-    def encode(self, seq: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
-        h = self.hidden(seq)
-        return h[torch.arange(seq.shape[0], device=seq.device), lens.clamp(min=0, max=seq.shape[1])]
-
-    def score_all(self, state: torch.Tensor, reps: torch.Tensor | None = None) -> torch.Tensor:
-        reps = self.item_reps() if reps is None else reps
-        s = state @ reps.T
-        if self.bias is not None:
-            s = s + self.bias
-        if self.rank_offset is not None and not self.training:
-            s = s - self.rank_offset
-        return s
-
-    def forward(self, seq: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
-        return self.score_all(self.encode(seq, lens))
+def fit_key(cfg: LLMEmbConfig, dataset, title_emb: np.ndarray, rows: np.ndarray | None) -> str:
+    """What a checkpoint must match to be resumed: training config, data, fold rows, title embeddings."""
+    h = hashlib.sha256()
+    c = {k: v for k, v in asdict(cfg).items() if k not in _NOT_TRAINING}
+    h.update(json.dumps(c, sort_keys=True).encode())
+    h.update(dataset.fingerprint().encode())
+    h.update(np.ascontiguousarray(title_emb, dtype=np.float32).tobytes())
+    if rows is not None:
+        h.update(np.ascontiguousarray(rows, dtype=np.int64).tobytes())
+    return h.hexdigest()[:16]
 
 
-# ---------------------------------------------------------------------------------------------------- helpers
-def history_mask(seq: torch.Tensor, n_items: int, keep: torch.Tensor | None = None) -> torch.Tensor:
-    """[B, N] bool, True at items of each row's history (PAD ignored); ``keep`` [B] ids are never masked."""
-    hist = seq.masked_fill(seq == n_items, 0)
-    m = torch.zeros(seq.shape[0], n_items, dtype=torch.bool, device=seq.device).scatter_(1, hist, seq != n_items)
-    if keep is not None:
-        m.scatter_(1, keep[:, None], False)
-    return m
+def select_train_rows(n_rows: int, budget: int | None = None, rows_fraction: float | None = None,
+                      select: str = "first", seed: int = 0) -> np.ndarray:
+    """Positions of the training rows to score: all, ``budget`` N, or ``rows_fraction`` (ceil) of them — the first
+    ones or a seeded random sorted subset, as ``teacher generate --budget`` selects BIGRec's rows."""
+    from dllm2rec.teachers.bigrec.generate import select_rows
 
-
-@torch.inference_mode()
-def score_rows(model: LLMEmbSeqModel, split, rows: np.ndarray | None = None, mask: bool = True, top_n: int = 20,
-               batch: int = 1024):
-    """Top-n ids and distances (−log softmax prob), target rank (0-based, ties pessimistic) and target distance."""
-    model.eval()
-    idx = np.arange(len(split)) if rows is None else np.asarray(rows)
-    n = model.n_items
-    ids, dists, tds, ranks = [], [], [], []
-    reps = model.item_reps()
-    for s in range(0, len(idx), batch):
-        b = torch.from_numpy(idx[s:s + batch])
-        seq = torch.from_numpy(split.seq)[b]
-        lens = torch.from_numpy(split.len)[b]
-        tgt = torch.from_numpy(split.target)[b]
-        sc = model.score_all(model.encode(seq, lens), reps)
-        t = sc.gather(1, tgt[:, None])
-        if mask:
-            m = history_mask(seq, n)
-            sc_rank = sc.masked_fill(m, float("-inf"))
-        else:
-            sc_rank = sc
-        lse = torch.logsumexp(sc_rank, 1, keepdim=True)
-        # the target always stays rankable and inside the softmax (a no-op when it is not in the history)
-        tin = sc_rank.gather(1, tgt[:, None]) == float("-inf")
-        lse_t = torch.where(tin, torch.logaddexp(lse, t), lse)
-        ranks.append((sc_rank >= t).sum(1) - 1 + tin.view(-1).long())
-        v, i = sc_rank.topk(min(top_n, n), dim=1)
-        ids.append(i.numpy())
-        dists.append((lse - v).clamp(min=0).numpy())
-        tds.append((lse_t - t).view(-1).clamp(min=0).numpy())
-    cat = np.concatenate
-    return (cat(ids).astype(np.int64), cat(dists).astype(np.float32), cat(tds).astype(np.float32),
-            torch.cat(ranks).numpy().astype(np.float64))
-
-
-def popularity_offset(dataset, tau: float) -> torch.Tensor | None:
-    """τ·log(1 + n_i), n_i = item i's count as a training target; None for τ = 0.
-
-    Logit adjustment (Menon et al., ICLR 2021): ranking by ŷ_i − τ·log(1 + n_i) moves the teacher's lists away from
-    the popular items every sequential student already ranks high, towards the complementary items DLLM2Rec's
-    ranking distillation feeds on (the paper's BIGRec teacher shares 1–4 % of the student's top-20). τ is chosen on
-    validation (``benchmarks/teacher_debias.py``); the distances in the artifacts are those of the adjusted scores.
-    """
-    if not tau:
-        return None
-    return float(tau) * torch.log1p(torch.as_tensor(dataset.item_counts("train"), dtype=torch.float32))
-
-
-def _ndcg20(ranks: np.ndarray) -> float:
-    from dllm2rec.evaluation.metrics import metrics_from_ranks
-
-    return metrics_from_ranks(ranks, ks=(20,))["full/NDCG@20"]
-
-
-def _eval_ranks(model, split, mask: bool, batch: int) -> np.ndarray:
-    from dllm2rec.evaluation.protocol import rank_targets
-
-    return rank_targets(model, split, batch=batch, exclude_history=mask).numpy().astype(np.float64)
-
-
-def _folds(split, k: int, seed: int) -> np.ndarray:
-    """Fold id per training row: by user when known (no user's windows straddle folds), else contiguous blocks."""
-    n = len(split)
-    if split.user is not None:
-        users = np.unique(split.user)
-        rng = np.random.default_rng(seed)
-        f_of_user = dict(zip(users.tolist(), rng.permutation(len(users)) % k))
-        return np.asarray([f_of_user[u] for u in split.user.tolist()], dtype=np.int64)
-    return (np.arange(n) * k // max(n, 1)).astype(np.int64)
-
-
-def train_model(title_emb: np.ndarray, train, valid, n_items: int, max_len: int, cfg: LLMEmbConfig,
-                rows: np.ndarray | None = None,
-                log: Callable[[str], None] | None = None) -> tuple[LLMEmbSeqModel, dict]:
-    """Train one model on ``train`` (optionally only ``rows``), early-stopped on valid NDCG@20; return best model."""
-    log = log or (lambda m: None)
-    torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
-    model = LLMEmbSeqModel(title_emb, max_len, cfg.dim, cfg.n_layers, cfg.n_heads, cfg.dropout, cfg.id_emb,
-                           cfg.item_bias, cfg.adapter)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
-                            weight_decay=cfg.weight_decay)
-    seq_all = torch.from_numpy(train.seq)
-    len_all = torch.from_numpy(train.len)
-    tgt_all = torch.from_numpy(train.target)
-    pool = np.arange(len(train)) if rows is None else np.asarray(rows)
-    es_mask = cfg.mask_history != "off"
-    best, best_state, best_ep, bad = -1.0, None, 0, 0
-    hist: list[dict] = []
-    t0 = time.time()
-    for ep in range(1, cfg.epochs + 1):
-        model.train()
-        perm = torch.from_numpy(rng.permutation(pool))
-        tot, nb = 0.0, 0
-        for s in range(0, len(perm), cfg.batch_size):
-            b = perm[s:s + cfg.batch_size]
-            seq, lens, tgt = seq_all[b], len_all[b], tgt_all[b]
-            reps = model.item_reps()
-            h = model.hidden(seq, reps)
-            if cfg.all_positions:
-                L = seq.shape[1]
-                # labels per position j: the (j+1)-th history item for j < len, the target at j = len, else ignore
-                lab = torch.full((len(b), L + 1), -100, dtype=torch.long)
-                pos = torch.arange(L + 1)[None, :]
-                nxt = torch.cat([seq, seq.new_full((len(b), 1), n_items)], 1)
-                lab = torch.where(pos < lens[:, None], nxt, lab)
-                lab[torch.arange(len(b)), lens] = tgt
-                logits = model.score_all(h.reshape(-1, model.dim), reps)
-                loss = F.cross_entropy(logits, lab.reshape(-1), ignore_index=-100)
-            else:
-                state = h[torch.arange(len(b)), lens]
-                loss = F.cross_entropy(model.score_all(state, reps), tgt)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            tot += loss.item()
-            nb += 1
-        ranks = _eval_ranks(model, valid, es_mask, cfg.eval_batch)
-        nd = _ndcg20(ranks)
-        hist.append({"epoch": ep, "loss": round(tot / max(nb, 1), 4), "valid_ndcg20": round(nd, 5),
-                     "seconds": round(time.time() - t0, 1)})
-        log(f"epoch {ep}: loss {tot / max(nb, 1):.4f} valid NDCG@20 {nd:.4f} ({time.time() - t0:.0f}s)")
-        if nd > best:
-            best, best_state, best_ep, bad = nd, copy.deepcopy(model.state_dict()), ep, 0
-        else:
-            bad += 1
-            if bad >= cfg.patience:
-                break
-    model.load_state_dict(best_state)
-    model.eval()
-    return model, {"best_epoch": best_ep, "best_valid_ndcg20": round(best, 5), "epochs_run": len(hist),
-                   "train_seconds": round(time.time() - t0, 1), "history": hist}
+    if budget is not None and rows_fraction is not None:
+        raise ConfigError("pass --budget or --rows-fraction, not both")
+    if budget is not None and budget < 1:
+        raise ConfigError(f"--budget must be >= 1, got {budget}")
+    if rows_fraction is not None:
+        if not 0 < rows_fraction <= 1:
+            raise ConfigError(f"--rows-fraction must be in (0, 1], got {rows_fraction}")
+        budget = math.ceil(rows_fraction * n_rows)
+    return select_rows(n_rows, None, budget, select, seed)
 
 
 # ---------------------------------------------------------------------------------------------------- teacher
@@ -317,25 +126,45 @@ class LLMEmbTeacher:
         self.info: dict = {}
         self.fold_models: list[tuple[np.ndarray, LLMEmbSeqModel]] = []  # (held-out rows, model) with cv_folds >= 2
         self.log: Callable[[str], None] = lambda m: None
+        self.title_notes: dict = {}
 
     # ------------------------------------------------------------------ training
-    def fit(self, dataset, title_emb: np.ndarray | None = None, log: Callable[[str], None] | None = None):
+    def fit(self, dataset, title_emb: np.ndarray | None = None, log: Callable[[str], None] | None = None,
+            ckpt_dir=None, resume: bool = False, allow_placeholder_titles: bool = False,
+            on_epoch: Callable[[str, int], None] | None = None):
+        """Train on ``dataset``. ``ckpt_dir``: per-epoch checkpoints (``full/``, ``fold-k/``); ``resume`` continues
+        from them (an existing checkpoint without ``resume`` is refused). ``on_epoch(model_name, epoch)`` is called
+        after each epoch's checkpoint."""
+        import torch
+
         from dllm2rec.teachers.encoders import encode_titles
 
         cfg = self.cfg
         self.log = log or self.log
+        if ckpt_dir is not None and not resume and has_checkpoint(ckpt_dir):
+            raise ConfigError(f"{ckpt_dir}: holds a checkpoint of an earlier fit; pass --resume to continue it, "
+                              "or delete it to start over")
+        self.title_notes = placeholder_titles(dataset, cfg.encoder, allow_placeholder_titles, self.log)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         t0 = time.time()
-        self.title_emb = encode_titles(dataset.titles, cfg.encoder) if title_emb is None else np.asarray(title_emb)
+        self.title_emb = encode_titles(dataset.titles, cfg.encoder, log=self.log) if title_emb is None \
+            else np.asarray(title_emb)
         if self.title_emb.shape[0] != dataset.n_items:
             raise ConfigError(f"title embeddings have {self.title_emb.shape[0]} rows, "
                               f"dataset has {dataset.n_items} items")
         enc_s = time.time() - t0
         self.log(f"[llm-emb] title embeddings {self.title_emb.shape} from '{cfg.encoder}' in {enc_s:.1f}s")
         train, valid = dataset["train"], dataset["valid"]
-        self.model, info = train_model(self.title_emb, train, valid, dataset.n_items, dataset.max_len, cfg,
-                                       log=lambda m: self.log(f"[llm-emb full] {m}"))
+
+        def run(name: str, rows=None):
+            sub = None if ckpt_dir is None else Path(ckpt_dir) / name
+            return train_model(self.title_emb, train, valid, dataset.n_items, dataset.max_len, cfg, rows=rows,
+                               log=lambda m: self.log(f"[llm-emb {name}] {m}"), ckpt_dir=sub, resume=resume,
+                               key=fit_key(cfg, dataset, self.title_emb, rows), desc=f"llm-emb {name}",
+                               on_epoch=None if on_epoch is None else (lambda ep: on_epoch(name, ep)))
+
+        self.model, info = run("full")
         if cfg.mask_history == "auto":
             on = _ndcg20(_eval_ranks(self.model, valid, True, cfg.eval_batch))
             off = _ndcg20(_eval_ranks(self.model, valid, False, cfg.eval_batch))
@@ -351,9 +180,7 @@ class LLMEmbTeacher:
             fold_info = []
             for f in range(cfg.cv_folds):
                 held = np.nonzero(folds == f)[0]
-                m, fi = train_model(self.title_emb, train, valid, dataset.n_items, dataset.max_len, cfg,
-                                    rows=np.nonzero(folds != f)[0],
-                                    log=lambda msg, f=f: self.log(f"[llm-emb fold {f + 1}/{cfg.cv_folds}] {msg}"))
+                m, fi = run(f"fold-{f + 1}-of-{cfg.cv_folds}", rows=np.nonzero(folds != f)[0])
                 self.fold_models.append((held, m))
                 fold_info.append({k: v for k, v in fi.items() if k != "history"} | {"rows_held_out": int(len(held))})
             self.info["folds"] = fold_info
@@ -436,7 +263,7 @@ class LLMEmbTeacher:
         if dataset is not None:
             from dllm2rec.teachers.encoders import encode_titles
 
-            t.title_emb = encode_titles(dataset.titles, c.encoder)
+            t.title_emb = encode_titles(dataset.titles, c.encoder, log=t.log)
             t.set_pop_tau(c.pop_tau, dataset)
         return t
 
@@ -445,29 +272,45 @@ class LLMEmbTeacher:
             raise ConfigError("the llm-emb teacher is not trained; call fit(dataset) first")
 
     # ------------------------------------------------------------------ artifacts
-    def artifacts(self, dataset, **extra_manifest):
-        """Validated ``TeacherArtifacts`` for every training row (cross-fitted when ``cv_folds >= 2``)."""
+    def artifacts(self, dataset, rows: np.ndarray | None = None, **extra_manifest):
+        """Validated ``TeacherArtifacts``: every training row, or only positions ``rows`` (the others uncovered);
+        cross-fitted when ``cv_folds >= 2``."""
         from dllm2rec.evaluation.metrics import metrics_from_ranks
         from dllm2rec.teachers.artifacts import TeacherArtifacts
         from dllm2rec.teachers.encoders import encoder_info
 
         self._need_model()
         cfg, train = self.cfg, dataset["train"]
+        R = len(train)
+        pos = np.arange(R) if rows is None else np.unique(np.asarray(rows, dtype=np.int64))
+        if len(pos) and (pos[0] < 0 or pos[-1] >= R):
+            raise ConfigError(f"training-row positions must lie in 0..{R - 1}")
         t0 = time.time()
-        ids, dist, tdist, ranks = score_rows(self.model, train, mask=self.mask, top_n=cfg.top_n, batch=cfg.eval_batch)
-        insample = {"train_top1_eq_target": round(float((ids[:, 0] == train.target).mean()), 5),
-                    **{f"train_{k.split('/')[1]}": round(v, 5) for k, v in metrics_from_ranks(ranks, ks=(20,)).items()}}
-        stats = {"insample": insample}
+        n = min(cfg.top_n, dataset.n_items)
+        ids, dist = np.full((R, n), -1, np.int64), np.full((R, n), np.nan, np.float32)
+        tdist = np.full(R, np.nan, np.float32)
+        ranks = np.full(R, np.nan)
+        ids[pos], dist[pos], tdist[pos], ranks[pos] = score_rows(self.model, train, rows=pos, mask=self.mask,
+                                                                 top_n=cfg.top_n, batch=cfg.eval_batch)
+
+        def row_stats():
+            return {"train_top1_eq_target": round(float((ids[pos, 0] == train.target[pos]).mean()), 5),
+                    **{f"train_{k.split('/')[1]}": round(v, 5)
+                       for k, v in metrics_from_ranks(ranks[pos], ks=(20,)).items()}}
+
+        stats = {"insample": row_stats()}
         scoring = "in-sample (the full model scores the rows it was trained on)"
         if self.fold_models:
             for held, m in self.fold_models:
-                i2, d2, t2, r2 = score_rows(m, train, rows=held, mask=self.mask, top_n=cfg.top_n, batch=cfg.eval_batch)
-                ids[held], dist[held], tdist[held], ranks[held] = i2, d2, t2, r2
-            stats["crossfit"] = {"train_top1_eq_target": round(float((ids[:, 0] == train.target).mean()), 5),
-                                 **{f"train_{k.split('/')[1]}": round(v, 5)
-                                    for k, v in metrics_from_ranks(ranks, ks=(20,)).items()}}
+                h = np.intersect1d(held, pos)
+                if len(h):
+                    ids[h], dist[h], tdist[h], ranks[h] = score_rows(m, train, rows=h, mask=self.mask,
+                                                                     top_n=cfg.top_n, batch=cfg.eval_batch)
+            stats["crossfit"] = row_stats()
             scoring = f"{cfg.cv_folds}-fold cross-fitted (each row scored by a model that never trained on it)"
         score_s = time.time() - t0
+        covered = np.zeros(R, dtype=bool)
+        covered[pos] = True
         valid = self.evaluate(dataset, "valid", ks=(10, 20))
         test = self.evaluate(dataset, "test", ks=(10, 20))
         manifest = {
@@ -481,28 +324,45 @@ class LLMEmbTeacher:
             "pop_tau": float(cfg.pop_tau),
             "ranking": "score" if not cfg.pop_tau else f"score - {cfg.pop_tau:g} * log(1 + training-target count)",
             "train_row_scoring": scoring,
+            "train_rows_scored": int(len(pos)),
+            "item_loss": self.info.get("item_loss", "full"),
             "config": asdict(cfg),
             "fit": {k: v for k, v in self.info.items() if k != "history"},
             "train_row_stats": stats,
             "teacher_valid": {k: round(v, 5) for k, v in valid.items()},
             "teacher_test": {k: round(v, 5) for k, v in test.items()},
             "score_seconds": round(score_s, 1),
+            **self.title_notes,
         }
         manifest.update(extra_manifest)
-        art = TeacherArtifacts.from_rankings(self.title_emb.astype(np.float16), ids, dist,
-                                             np.ones(len(train), dtype=bool), tdist, **manifest)
+        art = TeacherArtifacts.from_rankings(self.title_emb.astype(np.float16), ids, dist, covered, tdist, **manifest)
         return art.validate(dataset)
 
 
 def fit_and_save(dataset, out, config: LLMEmbConfig, log: Callable[[str], None] | None = None, model_dir=None,
-                 **extra):
+                 ckpt_dir=None, resume: bool = False, keep_checkpoints: bool = False, budget: int | None = None,
+                 rows_fraction: float | None = None, select: str = "first", allow_placeholder_titles: bool = False,
+                 on_epoch=None, **extra):
     """Train the teacher on ``dataset``, write validated artifacts to ``out`` (and the full model to ``model_dir``
-    when given); return (teacher, artifacts)."""
+    when given); return (teacher, artifacts). ``ckpt_dir``: per-epoch checkpoints, removed after success unless
+    ``keep_checkpoints``; ``resume`` continues from them. ``budget`` / ``rows_fraction`` + ``select``: score only
+    that many training rows (the rest uncovered)."""
+    import shutil
+
     t0 = time.time()
-    teacher = LLMEmbTeacher(config).fit(dataset, log=log)
-    art = teacher.artifacts(dataset, **extra)
+    pos = None
+    if budget is not None or rows_fraction is not None:
+        pos = select_train_rows(len(dataset["train"]), budget, rows_fraction, select, config.seed)
+    teacher = LLMEmbTeacher(config).fit(dataset, log=log, ckpt_dir=ckpt_dir, resume=resume,
+                                        allow_placeholder_titles=allow_placeholder_titles, on_epoch=on_epoch)
+    if pos is not None:
+        extra.setdefault("train_row_selection", {"budget": budget, "rows_fraction": rows_fraction, "select": select,
+                                                 "seed": config.seed, "rows": int(len(pos))})
+    art = teacher.artifacts(dataset, rows=pos, **extra)
     art.manifest["total_seconds"] = round(time.time() - t0, 1)
     art.save(out, dataset)
     if model_dir is not None:
         teacher.save_model(model_dir, dataset)
+    if ckpt_dir is not None and not keep_checkpoints:
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
     return teacher, art
