@@ -78,3 +78,17 @@ def test_combine_row_normalised_like_official():
     close(W.combine(wp, wc, None), [[0.586647, 0.413353]])
     # everything ablated -> uniform
     close(W.combine(None, None, None, shape=(1, 4)), [[0.25] * 4])
+
+
+def test_auto_precision_is_bf16_only_where_native(monkeypatch):
+    """ed_precision auto: bf16 table for D >= 1024 only with native bf16 (emulated bf16 halved the step on AVX2)."""
+    from dllm2rec.distill import embedding
+    from dllm2rec.utils import cpu
+
+    monkeypatch.setattr(cpu, "cpu_flags", lambda: frozenset({"avx2", "fma"}))       # AVX2-only CPU
+    assert embedding.resolve_precision("auto", 4096) == "float32"
+    monkeypatch.setattr(cpu, "cpu_flags", lambda: frozenset({"avx512f", "avx512_bf16"}))
+    assert embedding.resolve_precision("auto", 4096) == "bfloat16"
+    assert embedding.resolve_precision("auto", 384) == "float32"                    # small D: always float32
+    monkeypatch.setattr(cpu, "cpu_flags", lambda: frozenset({"avx2"}))
+    assert embedding.resolve_precision("bfloat16", 4096) == "bfloat16"              # explicit choice is kept

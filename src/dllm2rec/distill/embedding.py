@@ -25,6 +25,7 @@ from torch import nn
 
 from dllm2rec.errors import ConfigError
 from dllm2rec.students.hooks import register_hook
+from dllm2rec.utils.cpu import native_bf16
 
 PROJECTORS = ("linear", "mlp")
 SIDES = ("input", "output", "both")
@@ -42,21 +43,22 @@ PRECISIONS = ("auto", "float32", "bfloat16")
 AUTO_BF16_MIN_DIM = 1024
 
 
-def resolve_precision(precision: str, d_in: int) -> str:
+def resolve_precision(precision: str, d_in: int, device: str = "cpu") -> str:
     """``auto``: bfloat16 for LLM-sized teacher embeddings (D >= 1024), where the D -> d projection dominates the
-    step (bf16 matmuls are ~3x faster on CPU; LLM states are produced in 16-bit anyway), float32 otherwise."""
+    step, *if the hardware has native bf16* (then bf16 matmuls are ~3x faster; LLM states are produced in 16-bit
+    anyway); float32 otherwise — emulated bf16 halved the step's speed on an AVX2 CPU (utils/cpu.py)."""
     if precision not in PRECISIONS:
         raise ConfigError(f"unknown ed_precision '{precision}'; choose one of {', '.join(PRECISIONS)}")
     if precision == "auto":
-        return "bfloat16" if d_in >= AUTO_BF16_MIN_DIM else "float32"
+        return "bfloat16" if d_in >= AUTO_BF16_MIN_DIM and native_bf16(device) else "float32"
     return precision
 
 
-def _table(item_emb: np.ndarray | torch.Tensor, precision: str = "float32") -> torch.Tensor:
+def _table(item_emb: np.ndarray | torch.Tensor, precision: str = "float32", device: str = "cpu") -> torch.Tensor:
     z = torch.as_tensor(np.asarray(item_emb) if not isinstance(item_emb, torch.Tensor) else item_emb)
     z = z.detach().to(torch.float32)
     z = torch.cat([z, torch.zeros(1, z.shape[1])], dim=0)  # PAD row
-    return z.to(getattr(torch, resolve_precision(precision, z.shape[1]))).contiguous()
+    return z.to(getattr(torch, resolve_precision(precision, z.shape[1], device))).contiguous()
 
 
 class _TeacherProjection(nn.Module):
@@ -157,7 +159,8 @@ def attach_embedding_distillation(model, item_emb, weight: float = 0.3, side: st
                           f"hidden_dim == dim; {model.registry_name} has hidden_dim {model.hidden_dim} != dim "
                           f"{model.dim}. Use ed_side='input' for this student.")
     w = weight if offset else 1.0
-    table = _table(item_emb, precision)
+    device = next(model.parameters()).device.type  # the table follows the model; bf16 only if native there
+    table = _table(item_emb, precision, device)
     if side in ("input", "both"):
         model.input_offset = TeacherInputOffset(table, model.dim, w, projector, mlp_hidden)
         if not offset:
