@@ -327,8 +327,6 @@ def test_popularity_ranks_by_hand():
     assert (ex["full-excl/HR@1"], ex["full-excl/NDCG@1"]) == (0.75, 0.75)
 
 
-@pytest.mark.xfail(strict=True, reason="protocol.rank_targets without item_chunk: the PAD slots of a padded "
-                                       "history scatter False onto item 0 and un-mask it (row 0: seq [0, PAD])")
 def test_dense_history_exclusion_masks_item_0_in_padded_rows():
     ds = pop_dataset()
     assert rank_targets(popularity_scorer(ds), ds["test"], exclude_history=True).tolist() == [0, 0, 3, 0]

@@ -44,8 +44,9 @@ def rank_targets(model, split, batch: int = 1024, exclude_history: bool = False,
         if item_chunk is None or item_chunk >= n:
             scores = model.score_all(state)
             if exclude_history:
-                hist = seq.clamp(max=n - 1).masked_fill(seq == n, 0)
-                mask = torch.zeros_like(scores, dtype=torch.bool).scatter_(1, hist, seq != n)
+                # PAD goes to a spare column (_history_mask); writing "not in history" for PAD at column 0 used
+                # to unmask item 0 in every padded row whose history held it (scatter order is undefined)
+                mask = _history_mask(seq, 0, n, n)
                 mask.scatter_(1, tgt[:, None], False)
                 scores = scores.masked_fill(mask, float("-inf"))
             t = scores.gather(1, tgt[:, None])
