@@ -24,7 +24,9 @@ def register(app: typer.Typer) -> None:
         model: Optional[str] = typer.Option(None, "--model", help="student: sasrec | gru4rec | caser"),
         seed: Optional[int] = typer.Option(None, "--seed"),
         run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="default: <out_dir>/<run name>"),
-        resume: bool = typer.Option(False, "--resume", help="continue a killed run from its last checkpoint"),
+        resume: bool = typer.Option(False, "--resume", help="continue a killed run from its last checkpoint "
+                                    "(refused if the run dir is inconsistent or the config changed; only "
+                                    "train.epochs, a higher train.patience and eval/thread knobs may change)"),
     ) -> None:
         """Train a student (optionally distilled) with validation-only model selection; print test metrics.
 
@@ -64,6 +66,8 @@ def register(app: typer.Typer) -> None:
         res = tr.fit(resume=resume)
         proto = tr.proto
         keys = [f"{m}@{k}" for k in cfg.train.ks for m in ("HR", "NDCG")]
+        if cfg.train.select_metric not in keys:  # a Recall/MRR selection or a K outside ks: show it too
+            keys.append(cfg.train.select_metric)
         typer.echo(f"\nselected epoch {res['best_epoch']} by valid {cfg.train.select_metric} "
                    f"(protocol: {proto}, full ranking over {ds.n_items} items)")
         _print_table([("valid", {k: res["valid"].get(f"valid/{proto}/{k}") for k in keys}),

@@ -5,8 +5,11 @@
 - After every ``eval_every`` epochs the student is ranked on VALIDATION only; the best epoch by validation
   ``select_metric`` is kept (``best/``), training stops after ``patience`` evaluations without improvement, and
   the test split is evaluated exactly once, with the selected checkpoint.
-- ``last/`` holds model + optimiser + RNG + early-stopping state after every epoch: ``resume=True`` continues a
-  killed run and reproduces the uninterrupted run exactly (same seeds, same order).
+- ``last/`` holds model + optimiser + RNG + early-stopping state after every epoch, written as one atomic unit
+  (see training/checkpoint.py): ``resume=True`` continues a killed run and reproduces the uninterrupted run exactly
+  (same seeds, same order); a kill at any instant loses at most the epoch in flight. An incomplete or inconsistent
+  run directory is refused in one line, never restarted from epoch 1; a changed config is refused unless the change
+  is documented-safe (``config.resume_changes``), and applied changes are recorded in ``results.json``.
 - ``log.jsonl`` has one line per epoch; ``results.json`` names dataset hash, split hashes, protocol, config, seed.
 """
 from __future__ import annotations
@@ -15,6 +18,7 @@ import json
 import math
 import os
 import random
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -26,13 +30,15 @@ from dllm2rec.config import RunConfig
 from dllm2rec.data.schema import SeqDataset
 from dllm2rec.distill.base import StepContext, Strategy
 from dllm2rec.errors import Dllm2recError
+from dllm2rec.evaluation.metrics import ALL_METRICS
 from dllm2rec.evaluation.protocol import evaluate, protocol_name
 from dllm2rec.registry import get_strategy
 from dllm2rec.students.base import SequentialStudent, build_student
+from dllm2rec.training import checkpoint as ckpt
 from dllm2rec.training import distributed as dist_
 from dllm2rec.training import losses
 from dllm2rec.training.checkpoint import load_student, save_student
-from dllm2rec.utils.io import atomic_path, atomic_write_text
+from dllm2rec.utils.io import atomic_write_text, disk_errors, fsync_dir
 from dllm2rec.utils.progress import progress
 
 
@@ -114,6 +120,7 @@ class Trainer:
         self.best_epoch = -1
         self.bad_evals = 0
         self.history: list[dict[str, Any]] = []
+        self.config_changes: list[dict[str, Any]] = []  # safe changes applied on --resume (results.json)
         self.quiet = quiet
         self.proto = protocol_name(cfg.train.exclude_history)
         self.select_key = f"valid/{self.proto}/{cfg.train.select_metric}"
@@ -184,7 +191,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ evaluation
     def evaluate_split(self, split: str, model: SequentialStudent | None = None) -> dict[str, float]:
-        m = evaluate(model or self.model, self.ds[split], self.cfg.train.ks, self.cfg.train.eval_batch,
+        m = evaluate(model or self.model, self.ds[split], self.cfg.train.eval_ks, self.cfg.train.eval_batch,
                      self.cfg.train.exclude_history, str(self.device), self.cfg.train.eval_item_chunk)
         return {f"{split}/{k}": v for k, v in m.items()}
 
@@ -203,7 +210,6 @@ class Trainer:
         rngs = dist_.all_gather_object(torch.get_rng_state()) if self.world > 1 else None
         if self.rank:
             return  # DDP: rank 0 writes; every rank's dropout RNG state is in trainer_state.pt
-        save_student(self.model, self.run_dir / "last", self._meta())
         state = {
             "epoch": self.epoch,
             "best_metric": self.best_metric,
@@ -215,20 +221,46 @@ class Trainer:
             "gen": self.gen.get_state(),
             "torch_rng": torch.get_rng_state(),
             "history_len": len(self.history),
+            "config_changes": json.dumps(self.config_changes),  # a string: the state stays tensors + plain data
         }
         if rngs is not None:
             state["torch_rng_ranks"] = rngs
-        with atomic_path(self.run_dir / "last" / "trainer_state.pt") as tmp:
-            torch.save(state, tmp)
+        ckpt.save_checkpoint(self.run_dir / "last", self.model, self._meta(), state)
+
+    def _save_best(self, rec: dict[str, Any]) -> None:
+        save_student(self.model, self.run_dir / "best",
+                     self._meta({k: v for k, v in rec.items() if k.startswith("valid/")}))
+        ckpt.save_hook(self.epoch, "best:committed")
+
+    def _append_log(self, rec: dict[str, Any]) -> None:
+        log = self.run_dir / "log.jsonl"
+        with disk_errors(log), open(log, "a", encoding="utf-8") as f:
+            f.write(json.dumps(rec) + "\n")
+            f.flush()
+            os.fsync(f.fileno())  # on disk before last/ of this epoch says it exists
+
+    def _fresh_start(self) -> None:
+        """A new run in this directory: the previous run's files go (checkpoints first, the log last)."""
+        for name in ("last", "best"):
+            d = self.run_dir / name
+            if d.exists():
+                old = self.run_dir / f".{name}.{os.getpid()}.old"
+                os.replace(d, old)
+                shutil.rmtree(old, ignore_errors=True)
+        for f in ("results.json", "log.jsonl"):
+            (self.run_dir / f).unlink(missing_ok=True)
+        fsync_dir(self.run_dir)
 
     def try_resume(self) -> bool:
-        last = self.run_dir / "last"
-        if not (last / "trainer_state.pt").is_file():
+        """Load ``last/``; False only when no epoch ever completed. Refuses (Dllm2recError) an inconsistent run."""
+        plan = ckpt.plan_resume(self.run_dir, self.cfg, self.ds.fingerprint(), notify=self.rank == 0,
+                                **({"map_location": "cpu"} if self.world > 1 else {}))
+        if plan is None:
             return False
+        last, run, st, epoch, changed = self.run_dir / "last", self.run_dir, plan.state, plan.epoch, plan.changed
+        # every check passed: load, then repair what the kill left (nothing was written before this point)
         model, _ = load_student(last, map_location=str(self.device))
         self.model.load_state_dict(model.state_dict())
-        st = torch.load(last / "trainer_state.pt", weights_only=True,
-                        **({"map_location": "cpu"} if self.world > 1 else {}))
         self.optimizer.load_state_dict(st["optimizer"])
         with torch.no_grad():
             for p, v in zip(self.strategy.extra_parameters(), st.get("extra_params", [])):
@@ -240,17 +272,26 @@ class Trainer:
             if ranks is not None and len(ranks) == self.world:
                 torch.set_rng_state(ranks[self.rank])
             elif self.rank:  # resumed with another world size: data order is kept, dropout streams are new
-                torch.manual_seed(dist_.rank_seed(self.cfg.train.seed, self.rank) + int(st["epoch"]))
-        self.epoch = int(st["epoch"])
+                torch.manual_seed(dist_.rank_seed(self.cfg.train.seed, self.rank) + epoch)
+        self.epoch = epoch
         self.best_metric = float(st["best_metric"])
         self.best_epoch = int(st["best_epoch"])
         self.bad_evals = int(st["bad_evals"])
-        log = self.run_dir / "log.jsonl"
-        if log.is_file():
-            lines = log.read_text().splitlines()[: int(st["history_len"])]
-            self.history = [json.loads(x) for x in lines]
+        self.history = plan.history
+        self.config_changes = json.loads(st.get("config_changes", "[]"))
+        if changed:
+            self.config_changes.append({"epoch": epoch, "changed": {k: {"old": o, "new": n}
+                                                                    for k, (o, n) in changed.items()}})
             if self.rank == 0:
-                atomic_write_text(log, "".join(x + "\n" for x in lines))
+                ckpt.notice(f"{run}: resuming at epoch {epoch} with " + ", ".join(
+                    f"{k} {o!r} -> {n!r}" for k, (o, n) in changed.items()) + " (recorded in results.json)")
+        if self.rank == 0:
+            log = run / "log.jsonl"
+            if len(log.read_text(encoding="utf-8").splitlines()) != epoch:  # lines of the epoch in flight go
+                with disk_errors(log):
+                    atomic_write_text(log, "".join(x + "\n" for x in plan.lines))
+            if plan.rebuild_best:
+                self._save_best(self.history[self.best_epoch - 1])
         return True
 
     # ------------------------------------------------------------------ main loop
@@ -259,19 +300,22 @@ class Trainer:
         cfg = self.cfg.train
         main = self.rank == 0
         if main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+            with disk_errors(self.run_dir):
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+            for msg in ckpt.recover_run_dir(self.run_dir):
+                if msg.startswith("restored"):
+                    ckpt.notice(msg)
+        if self.world > 1:
+            dist_.broadcast_object(None)  # rank 0 has recovered last/ before any rank reads it
         resumed = resume and self.try_resume()
         if self.world > 1 and len(set(dist_.all_gather_object(resumed))) > 1:
             raise Dllm2recError(f"{self.run_dir}/last: visible to some ranks only; under DDP the run directory "
                                 "must be on a filesystem every node sees")
-        if resumed or not main:
-            pass
-        elif (self.run_dir / "results.json").exists() or (self.run_dir / "log.jsonl").exists():
-            # a fresh start (also --resume killed before the first last/ was written) rewrites the log from epoch 1
-            for f in ("log.jsonl", "results.json"):
-                (self.run_dir / f).unlink(missing_ok=True)
+        if main and not resumed:
+            self._fresh_start()  # also --resume killed before the first last/ was written: epoch 1 again
         if main:
-            atomic_write_text(self.run_dir / "config.yaml", self.cfg.to_yaml())
+            with disk_errors(self.run_dir / "config.yaml"):
+                atomic_write_text(self.run_dir / "config.yaml", self.cfg.to_yaml())
         done_now = 0
         stopped = False
         while self.epoch < cfg.epochs:
@@ -283,22 +327,23 @@ class Trainer:
             epoch = self.epoch + 1
             rec: dict[str, Any] = {"epoch": epoch}
             rec.update(self.train_epoch(epoch))
+            improved = False
             if (epoch % cfg.eval_every == 0 or epoch == cfg.epochs) and main:  # DDP: rank 0 evaluates
                 rec.update(self.evaluate_split("valid"))
                 cur = rec[self.select_key]
                 if cur > self.best_metric:
                     self.best_metric, self.best_epoch, self.bad_evals = cur, epoch, 0
-                    self.epoch = epoch
-                    save_student(self.model, self.run_dir / "best",
-                                 self._meta({k: v for k, v in rec.items() if k.startswith("valid/")}))
+                    improved = True
                 else:
                     self.bad_evals += 1
             self.epoch = epoch
             self.history.append(rec)
             if main:
-                with open(self.run_dir / "log.jsonl", "a", encoding="utf-8") as f:
-                    f.write(json.dumps(rec) + "\n")
+                self._append_log(rec)
+                ckpt.save_hook(epoch, "log:appended")
             self.save_last()
+            if improved:  # after last/: a kill in between is repaired on --resume (best/ rebuilt from last/)
+                self._save_best(rec)
             if self.world > 1:  # rank 0's selection / early-stopping state decides for every rank
                 self.best_metric, self.best_epoch, self.bad_evals = dist_.broadcast_object(
                     (self.best_metric, self.best_epoch, self.bad_evals))
@@ -336,6 +381,9 @@ class Trainer:
         if self.best_epoch < 0:
             raise Dllm2recError(f"{self.run_dir}: no evaluated epoch; nothing to select")
         best, info = load_student(self.run_dir / "best", map_location=str(self.device))
+        if info["meta"].get("epoch", self.best_epoch) != self.best_epoch:
+            raise Dllm2recError(f"{self.run_dir / 'best'}: holds epoch {info['meta'].get('epoch')}, but epoch "
+                                f"{self.best_epoch} was selected; the run directory is inconsistent")
         valid = {k: v for k, v in info["meta"]["metrics"].items()}
         test = self.evaluate_split("test", best)
         secs = [h["train/seconds"] for h in self.history if "train/seconds" in h]
@@ -348,7 +396,8 @@ class Trainer:
                 "exclude_history": self.cfg.train.exclude_history,
                 "ties": "pessimistic (equal scores rank above the target)",
                 "selection": f"best epoch by {self.select_key}; test evaluated once at that epoch",
-                "metrics": [f"{m}@{k}" for k in self.cfg.train.ks for m in ("HR", "NDCG")],
+                "metrics": [f"{m}@{k}" for k in self.cfg.train.eval_ks for m in ALL_METRICS],
+                "recall": "Recall@K = HR@K (one relevant item per row)",
             },
             "student": self.cfg.model.name,
             "strategy": self.strategy.describe(),
@@ -360,7 +409,10 @@ class Trainer:
             "test": test,
             "config": self.cfg.model_dump(),
         }
-        atomic_write_text(self.run_dir / "results.json", json.dumps(results, indent=2))
+        if self.config_changes:  # --resume applied documented-safe changes: which, and from which epoch on
+            results["config_changes"] = self.config_changes
+        with disk_errors(self.run_dir / "results.json"):
+            atomic_write_text(self.run_dir / "results.json", json.dumps(results, indent=2))
         return results
 
 
