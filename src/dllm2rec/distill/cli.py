@@ -275,9 +275,17 @@ def register(app: typer.Typer) -> None:
         jobs: int = typer.Option(1, "--jobs", min=1, help="parallel subprocesses (each train.num_threads=1)"),
         dry_run: bool = typer.Option(False, "--dry-run", help="list the runs and their state, train nothing"),
         no_report: bool = typer.Option(False, "--no-report", help="skip the report at the end"),
+        allow_pickle: bool = typer.Option(False, "--allow-pickle",
+                                          help="let presets whose source is a pickle (lastfm) be prepared; pickles "
+                                               "can run code, pass it only for files you trust"),
     ) -> None:
         """Run a datasets × students × methods × seeds grid (finished runs are skipped), then report it."""
+        from dllm2rec.data.registry import load_or_prepare
         from dllm2rec.experiments import GridSpec, parse_methods, run_grid
+
+        if allow_pickle:  # prepare now, once: the runs then read the pickle-free prepared copy
+            for d in _strs(data):
+                load_or_prepare(d, allow_pickle=True)
 
         grid = GridSpec(data=_strs(data), students=_strs(students), methods=parse_methods(methods),
                         seeds=_ints(seeds), out=out, teacher=teacher, config=config, overrides=list(override),
