@@ -66,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=1, help="parallel subprocesses (each with 1 thread)")
     ap.add_argument("-o", "--set", dest="overrides", action="append", default=[], help="extra dotted override")
     ap.add_argument("--dry-run", action="store_true")
+    ap.add_argument("--allow-pickle", action="store_true",
+                    help="prepare pickle-sourced presets (lastfm) first; pickles can run code: trusted files only")
     ap.add_argument("--report-only", action="store_true", help="write the reports from finished runs; train nothing")
     args = ap.parse_args(argv)
 
@@ -73,6 +75,11 @@ def main(argv: list[str] | None = None) -> int:
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     overrides = [f"train.epochs={args.epochs}", f"train.patience={args.patience}", "train.num_threads=1",
                  *args.overrides]
+    if args.allow_pickle:
+        from dllm2rec.data.registry import load_or_prepare
+
+        for d in datasets:
+            load_or_prepare(d, allow_pickle=True)
     todo = grids(args.table, datasets, seeds, args.out, overrides, args.teacher_root, args.jobs)
     if args.dry_run:
         for name, grid in todo:
