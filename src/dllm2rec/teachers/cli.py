@@ -31,7 +31,7 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def finetune(
         dataset: Path = typer.Option(..., help="Prepared dataset directory."),
-        out: Path = typer.Option(..., help="Output directory (adapter/, last/, log.jsonl)."),
+        out: Path = typer.Option(..., help="Output directory (adapter/ or model/ with --full, last/, log.jsonl)."),
         model: str = typer.Option("smollm2-135m", help="Local HF dir, .gguf file, or alias smollm2-135m."),
         domain: Optional[str] = typer.Option(None, help="Prompt domain (games|movies|music|generic); default: dataset meta."),
         sample: int = typer.Option(1024, help="Training rows sampled (seeded); <=0 = all."),
@@ -56,8 +56,12 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option("cpu", help="cpu | cuda | auto."),
         threads: Optional[int] = typer.Option(None, help="torch threads."),
         resume: bool = typer.Option(False, help="Continue from OUT/last."),
+        full: bool = typer.Option(False, "--full", help="Train all weights (no LoRA); the best model is saved as a "
+                                                        "standalone HF dir OUT/model for generate --model / vLLM."),
+        autocast: Optional[str] = typer.Option(None, help="Mixed precision: bfloat16 | float16 (float32 weights)."),
+        max_seconds: Optional[float] = typer.Option(None, help="Time budget: stop (evaluate, save) after N s."),
     ) -> None:
-        """LoRA SFT on BIGRec prompts (paper-spec §2.2)."""
+        """LoRA SFT (or --full fine-tuning) on BIGRec prompts (paper-spec §2.2)."""
         from dllm2rec.teachers.bigrec.finetune import FinetuneConfig, finetune as run
         from dllm2rec.teachers.bigrec.prompts import dataset_domain
         from dllm2rec.teachers.models import require_teacher_extra, resolve_model
@@ -71,7 +75,7 @@ def register(app: typer.Typer) -> None:
                              target_modules=[m.strip() for m in target_modules.split(",") if m.strip()],
                              train_on_inputs=train_on_inputs, cutoff_len=cutoff_len, eval_every=eval_every,
                              patience=patience, domain=dataset_domain(ds, domain), max_history=max_history,
-                             dtype=dtype, device=device)
+                             dtype=dtype, device=device, full=full, autocast=autocast, max_seconds=max_seconds)
         typer.echo(json.dumps(run(ds, resolve_model(model), out, cfg, resume=resume), indent=1))
 
     @app.command()

@@ -1,4 +1,4 @@
-"""LoRA SFT of a causal LM on BIGRec prompts (paper-spec §2.2), a small explicit loop that is robust on CPU.
+"""LoRA (default) or full SFT of a causal LM on BIGRec prompts (paper-spec §2.2), a small explicit loop robust on CPU.
 
 Defaults follow BIGRec: LoRA r 8, α 16, dropout 0.05 on q/v projections, a seeded sample of 1,024 training rows,
 AdamW, linear warmup (20 steps) then linear decay, early stopping on validation LM loss (patience 5 evaluations).
@@ -6,18 +6,26 @@ Deviation (documented, option ``train_on_inputs=True`` restores BIGRec): the los
 Prompt and response are tokenised separately and concatenated, so the response tokens seen in training are exactly
 the tokens the constrained decoder's title trie uses.
 
+``full=True`` (CLI ``--full``) trains every weight instead of a LoRA adapter and saves the best model as a standalone
+HF directory (weights + tokenizer) that ``teacher generate --model`` and the vLLM backend load directly (no merge).
+``autocast`` ("bfloat16") runs forward/backward under ``torch.autocast`` with float32 master weights (the GPU recipe;
+pure-bf16 AdamW updates would round away). ``max_seconds`` stops training after that many seconds of optimizer steps
+(a time budget), evaluating and checkpointing at the stop.
+
 Output directory::
 
-    adapter/         best adapter so far (peft format, written atomically) + finetune.json (settings, losses)
-    last/            resumable checkpoint: adapter + state.pt (optimizer, scheduler, step, best loss, patience)
-    log.jsonl        one JSON line per evaluation
+    adapter/ | model/  best adapter (LoRA) or best full model (``--full``; safetensors + tokenizer), written atomically,
+                       + finetune.json (settings, losses)
+    last/              resumable checkpoint: adapter or model + state.pt (optimizer, scheduler, step, best, patience)
+    log.jsonl          one JSON line per evaluation
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -49,8 +57,19 @@ class FinetuneConfig:
     patience: int = 5
     domain: str = "generic"
     max_history: int = 10
-    dtype: str = "float32"
+    dtype: str = "float32"            # weights as loaded (master weights)
     device: str = "cpu"               # cpu | cuda | auto
+    full: bool = False                # train all weights (saves model/) instead of a LoRA adapter (adapter/)
+    autocast: str | None = None       # None | bfloat16 | float16: mixed precision over float32 master weights
+    max_seconds: float | None = None  # stop after this many seconds of training steps (time budget)
+
+    def __post_init__(self) -> None:
+        if self.autocast in ("", "none", "None"):
+            self.autocast = None
+        if self.autocast not in (None, "bfloat16", "bf16", "float16", "fp16"):
+            raise Dllm2recError(f"--autocast must be bfloat16 or float16, got {self.autocast!r}")
+        if self.max_seconds is not None and self.max_seconds <= 0:
+            raise Dllm2recError(f"--max-seconds must be > 0, got {self.max_seconds}")
 
 
 def encode_example(tok, prompt: str, response: str, cutoff_len: int, train_on_inputs: bool) -> tuple[list, list]:
@@ -61,15 +80,26 @@ def encode_example(tok, prompt: str, response: str, cutoff_len: int, train_on_in
     return ids, labels[:cutoff_len]
 
 
-def build_examples(dataset, split: str, positions, tok, cfg: FinetuneConfig) -> list[tuple[list, list]]:
+def build_examples(dataset, split: str, positions, tok, cfg: FinetuneConfig,
+                   chunk: int = 4096) -> list[tuple[list, list]]:
+    """``encode_example`` for every position, tokenised in batches (same ids; fast on all 72k ML-100K windows)."""
     from dllm2rec.teachers.bigrec.prompts import build_prompt, format_response, history_titles
 
     s = dataset[split]
+    positions = [int(p) for p in positions]
     out = []
-    for p in positions:
-        prompt = build_prompt(cfg.domain, history_titles(dataset, split, int(p), cfg.max_history))
-        out.append(encode_example(tok, prompt, format_response(dataset.titles[int(s.target[p])]), cfg.cutoff_len,
-                                  cfg.train_on_inputs))
+    eos = int(tok.eos_token_id)
+    for c in range(0, len(positions), chunk):
+        pos = positions[c:c + chunk]
+        prompts = [build_prompt(cfg.domain, history_titles(dataset, split, p, cfg.max_history)) for p in pos]
+        resps = [format_response(dataset.titles[int(s.target[p])]) for p in pos]
+        ps = tok(prompts)["input_ids"]
+        rs = tok(resps, add_special_tokens=False)["input_ids"]
+        for p_ids, r_ids in zip(ps, rs):
+            r_ids = list(r_ids) + [eos]
+            ids = (list(p_ids) + r_ids)[:cfg.cutoff_len]
+            labels = (list(p_ids) if cfg.train_on_inputs else [-100] * len(p_ids)) + r_ids
+            out.append((ids, labels[:cfg.cutoff_len]))
     return out
 
 
@@ -93,12 +123,23 @@ def sample_positions(n: int, k: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, size=k, replace=False))
 
 
-def eval_loss(model, examples, pad_id: int, batch_size: int) -> float:
+def autocast_ctx(model, cfg: FinetuneConfig):
+    """torch.autocast on the model's device for ``cfg.autocast``, else a no-op context."""
+    if not cfg.autocast:
+        return contextlib.nullcontext()
+    import torch
+
+    from dllm2rec.teachers.models import torch_dtype
+
+    return torch.autocast(device_type=model.device.type, dtype=torch_dtype(cfg.autocast))
+
+
+def eval_loss(model, examples, pad_id: int, batch_size: int, amp=contextlib.nullcontext) -> float:
     import torch
 
     model.eval()
     tot, ntok = 0.0, 0
-    with torch.inference_mode():
+    with torch.inference_mode(), amp():
         for s in range(0, len(examples), batch_size):
             ids, mask, lab = collate(examples[s:s + batch_size], pad_id)
             out = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device),
@@ -110,28 +151,56 @@ def eval_loss(model, examples, pad_id: int, batch_size: int) -> float:
     return tot / max(ntok, 1)
 
 
-def finetune(dataset, model_ref, out: str | Path, cfg: FinetuneConfig, resume: bool = False) -> dict:
-    """Train a LoRA adapter; returns a summary (best validation loss, steps, seconds/sample)."""
-    import torch
-    from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
-    from peft.utils import load_peft_weights
+def _load_for_training(model_ref, cfg: FinetuneConfig, last: Path, resuming: bool):
+    """The model to train: the base (or, resuming ``--full``, last/'s weights) with LoRA unless ``cfg.full``."""
+    from dllm2rec.teachers.models import load_causal_lm
 
-    from dllm2rec.teachers.models import load_causal_lm, load_tokenizer
+    if cfg.full:
+        src = replace(model_ref, path=last) if resuming else model_ref
+        model = load_causal_lm(src, cfg.dtype, device=cfg.device)
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return model
+    from peft import LoraConfig, get_peft_model
 
-    out = Path(out)
-    last = out / "last"
-    if not resume and (last / "state.pt").is_file():
-        raise Dllm2recError(f"{out}: holds a fine-tuning checkpoint; pass --resume to continue or use a new --out")
-    torch.manual_seed(cfg.seed)
-    tok = load_tokenizer(model_ref)
     model = load_causal_lm(model_ref, cfg.dtype, device=cfg.device)
     lcfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                       target_modules=list(cfg.target_modules), bias="none", task_type="CAUSAL_LM")
     try:
-        model = get_peft_model(model, lcfg)
+        return get_peft_model(model, lcfg)
     except ValueError as e:
         raise Dllm2recError(f"LoRA target modules {cfg.target_modules} do not fit this model ({e})") from None
+
+
+def finetune(dataset, model_ref, out: str | Path, cfg: FinetuneConfig, resume: bool = False) -> dict:
+    """Train a LoRA adapter (or all weights, ``cfg.full``); returns a summary (best validation loss, steps, speed)."""
+    import torch
+
+    from dllm2rec.teachers.models import load_tokenizer
+
+    out = Path(out)
+    last = out / "last"
+    best_dir = out / ("model" if cfg.full else "adapter")
+    resuming = resume and (last / "state.pt").is_file()
+    if not resume and (last / "state.pt").is_file():
+        raise Dllm2recError(f"{out}: holds a fine-tuning checkpoint; pass --resume to continue or use a new --out")
+    ck = None
+    if resuming:
+        ck = torch.load(last / "state.pt", weights_only=False, map_location="cpu")
+        was_full = bool(ck.get("config", {}).get("full", False))
+        if was_full != cfg.full:
+            raise Dllm2recError(f"{out}: the checkpoint is a {'full' if was_full else 'LoRA'} fine-tune; "
+                                f"resume it {'with' if was_full else 'without'} --full")
+    torch.manual_seed(cfg.seed)
+    if torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    tok = load_tokenizer(model_ref)
+    model = _load_for_training(model_ref, cfg, last, resuming)
     model.train()
+
+    def amp():
+        return autocast_ctx(model, cfg)
     pad = int(tok.pad_token_id)
 
     train_pos = sample_positions(len(dataset["train"]), cfg.sample, cfg.seed)
@@ -155,9 +224,12 @@ def finetune(dataset, model_ref, out: str | Path, cfg: FinetuneConfig, resume: b
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda)
     state = {"step": 0, "best": float("inf"), "bad": 0, "history": [], "train_seconds": 0.0, "samples_seen": 0}
-    if resume and (last / "state.pt").is_file():
-        ck = torch.load(last / "state.pt", weights_only=False, map_location="cpu")
-        set_peft_model_state_dict(model, load_peft_weights(str(last)))
+    if ck is not None:
+        if not cfg.full:
+            from peft import set_peft_model_state_dict
+            from peft.utils import load_peft_weights
+
+            set_peft_model_state_dict(model, load_peft_weights(str(last)))
         opt.load_state_dict(ck["opt"])
         sched.load_state_dict(ck["sched"])
         state = ck["state"]
@@ -170,14 +242,17 @@ def finetune(dataset, model_ref, out: str | Path, cfg: FinetuneConfig, resume: b
                         "rng": torch.get_rng_state(), "config": asdict(cfg)}, tmp / "state.pt")
 
     def save_best() -> None:
-        with atomic_dir(out / "adapter") as tmp:
+        with atomic_dir(best_dir) as tmp:
             model.save_pretrained(str(tmp))
+            if cfg.full:  # a standalone HF model directory: `generate --model OUT/model`, vLLM
+                tok.save_pretrained(str(tmp))
             meta = {"base_model": model_ref.model_id, "base_path": str(model_ref.path), "config": asdict(cfg),
+                    "mode": "full" if cfg.full else "lora",
                     "dataset": dataset.name, "dataset_fingerprint": dataset.fingerprint(), "state": state}
             (tmp / "finetune.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
 
     def evaluate_and_checkpoint() -> bool:
-        vl = eval_loss(model, valid_ex, pad, cfg.batch_size)
+        vl = eval_loss(model, valid_ex, pad, cfg.batch_size, amp)
         improved = vl < state["best"] - 1e-6
         state["history"].append({"step": state["step"], "valid_loss": round(vl, 5)})
         if improved:
@@ -194,6 +269,8 @@ def finetune(dataset, model_ref, out: str | Path, cfg: FinetuneConfig, resume: b
     out.mkdir(parents=True, exist_ok=True)
     bar = progress(total=total, initial=state["step"], desc="finetune", unit="step")
     stop = False
+    reason = "steps"
+    t_run = time.perf_counter()
     model.train()
     while state["step"] < total and not stop:
         step = state["step"]
@@ -209,7 +286,8 @@ def finetune(dataset, model_ref, out: str | Path, cfg: FinetuneConfig, resume: b
         for ch in chunks:
             ids, mask, lab = collate([train_ex[i] for i in ch], pad)
             dev = model.device
-            loss = model(input_ids=ids.to(dev), attention_mask=mask.to(dev), labels=lab.to(dev)).loss
+            with amp():
+                loss = model(input_ids=ids.to(dev), attention_mask=mask.to(dev), labels=lab.to(dev)).loss
             k = int((lab[:, 1:] != -100).sum())
             (loss * k / max(ntok_all, 1)).backward()  # token-weighted over the accumulated micro-batches
             loss_sum += float(loss.detach()) * k
@@ -221,11 +299,20 @@ def finetune(dataset, model_ref, out: str | Path, cfg: FinetuneConfig, resume: b
         state["samples_seen"] += len(idx)
         bar.update(1)
         bar.set_postfix(loss=f"{loss_sum / max(ntok_all, 1):.3f}")
-        if state["step"] % eval_every == 0 or state["step"] == total:
+        time_up = cfg.max_seconds is not None and time.perf_counter() - t_run >= cfg.max_seconds
+        if state["step"] % eval_every == 0 or state["step"] == total or time_up:
             stop = evaluate_and_checkpoint()
+            if stop:
+                reason = "early-stopping"
+        if time_up and not stop:
+            stop, reason = True, "time"
     bar.close()
-    if not (out / "adapter").is_dir():  # resumed after the last evaluation or never evaluated
+    if not best_dir.is_dir():  # resumed after the last evaluation or never evaluated
         evaluate_and_checkpoint()
-    return {"out": str(out), "adapter": str(out / "adapter"), "steps": state["step"], "best_valid_loss": state["best"],
-            "train_rows": len(train_ex), "early_stopped": stop,
-            "seconds_per_sample": round(state["train_seconds"] / max(state["samples_seen"], 1), 4)}
+    res = {"out": str(out), "mode": "full" if cfg.full else "lora", "steps": state["step"],
+           "best_valid_loss": state["best"], "train_rows": len(train_ex), "early_stopped": reason == "early-stopping",
+           "stopped_by": reason, "samples_seen": state["samples_seen"],
+           "train_seconds": round(state["train_seconds"], 3), "trainable_params": sum(p.numel() for p in params),
+           "seconds_per_sample": round(state["train_seconds"] / max(state["samples_seen"], 1), 4)}
+    res["model" if cfg.full else "adapter"] = str(best_dir)
+    return res
