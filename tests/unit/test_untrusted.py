@@ -149,8 +149,6 @@ ALLOWED = {
     ("utils/untrusted.py", "pandas.read_pickle"), ("utils/untrusted.py", "pickle.load"),
     ("utils/untrusted.py", "torch.load without weights_only=True"),
     ("serving/onnx_export.py", "onnxruntime session"),  # fed check_onnx(bytes) on the same line
-    # not this gate's owner: the BIGRec fine-tune's own resume state (its out dir); reported for untrusted.torch_load
-    ("teachers/bigrec/finetune.py", "torch.load without weights_only=True"),
 }
 
 

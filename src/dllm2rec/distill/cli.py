@@ -285,7 +285,7 @@ def register(app: typer.Typer) -> None:
 
         if allow_pickle:  # prepare now, once: the runs then read the pickle-free prepared copy
             for d in _strs(data):
-                load_or_prepare(d, allow_pickle=True)
+                load_or_prepare(d, allow_pickle=allow_pickle)
 
         grid = GridSpec(data=_strs(data), students=_strs(students), methods=parse_methods(methods),
                         seeds=_ints(seeds), out=out, teacher=teacher, config=config, overrides=list(override),

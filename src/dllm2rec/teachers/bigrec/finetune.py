@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from dllm2rec.errors import Dllm2recError
+from dllm2rec.utils import untrusted
 from dllm2rec.utils.io import atomic_dir
 from dllm2rec.utils.progress import progress
 
@@ -186,7 +187,7 @@ def finetune(dataset, model_ref, out: str | Path, cfg: FinetuneConfig, resume: b
         raise Dllm2recError(f"{out}: holds a fine-tuning checkpoint; pass --resume to continue or use a new --out")
     ck = None
     if resuming:
-        ck = torch.load(last / "state.pt", weights_only=False, map_location="cpu")
+        ck = untrusted.torch_load(last / "state.pt")  # tensors + plain containers only: never runs code
         was_full = bool(ck.get("config", {}).get("full", False))
         if was_full != cfg.full:
             raise Dllm2recError(f"{out}: the checkpoint is a {'full' if was_full else 'LoRA'} fine-tune; "
