@@ -184,7 +184,9 @@ def guarded_distill(config: Path | None, overrides: list[str], out: Path, trials
         return value
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=chunk) if prune else \
+    # Warm-up: distilled curves rise later than plain ones (LastFM: best epoch 70 vs 43), so an early median
+    # (which includes the plain trial) would prune distillation for being slow, not for being worse.
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=max(3 * chunk, 15)) if prune else \
         optuna.pruners.NopPruner()
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed), pruner=pruner)
     study.enqueue_trial({**PLAIN, "K": ks[0]})
