@@ -38,7 +38,7 @@ def build_bundle(out: Path, n_items: int | None, dim: int = 64, max_len: int = 1
     from dllm2rec.serving.bench import synthetic_bundle
     from dllm2rec.serving.bundle import export_bundle
     from dllm2rec.students import build_student
-    from dllm2rec.training.checkpoint import save_student
+    from dllm2rec.students.checkpoint import save_student
 
     if n_items:
         return synthetic_bundle(out / "bundle", n_items=n_items, max_len=max_len, dim=dim, onnx=False), n_items

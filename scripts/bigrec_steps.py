@@ -54,7 +54,7 @@ def main(argv=None) -> int:
         rows.append((f"BIGRec: {label} (titles real: {res['catalogue_title_rate']:.0%})", "full",
                      *fmt(res["teacher"])))
     if a.sasrec_run:
-        from dllm2rec.training.checkpoint import load_student
+        from dllm2rec.students.checkpoint import load_student
 
         model, _ = load_student(Path(a.sasrec_run) / "best")
         r = rank_targets(model, ds[split], batch=1024, rows=pos).numpy()

@@ -45,7 +45,7 @@ def main(argv=None) -> int:
 
     from dllm2rec.data.schema import SeqDataset
     from dllm2rec.teachers.llmemb import LLMEmbTeacher
-    from dllm2rec.training.checkpoint import load_student
+    from dllm2rec.students.checkpoint import load_student
 
     torch.set_num_threads(a.threads)
     ds = SeqDataset.load(a.dataset)

@@ -139,7 +139,7 @@ def overlap(a: np.ndarray, b: np.ndarray) -> dict:
 def sasrec(ds, run_dir: Path, threads: int):
     """Plain SASRec (no distillation), configs/sasrec-<ds>.yaml, via the project trainer; reuses a finished run."""
     from dllm2rec.config import load_config
-    from dllm2rec.training.checkpoint import load_student
+    from dllm2rec.students.checkpoint import load_student
     from dllm2rec.training.trainer import Trainer
 
     t0 = time.time()

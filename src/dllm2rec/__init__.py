@@ -18,7 +18,7 @@ _WHERE = {
     "SeqDataset": "dllm2rec.data.schema",
     "TeacherArtifacts": "dllm2rec.teachers.artifacts",
     "Trainer": "dllm2rec.training.trainer",
-    "load_student": "dllm2rec.training.checkpoint",
+    "load_student": "dllm2rec.students.checkpoint",
     "export_bundle": "dllm2rec.serving.bundle",
     "Recommender": "dllm2rec.serving.recommender",
 }

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from dllm2rec.data.registry import load_or_prepare
 from dllm2rec.errors import ConfigError, Dllm2recError
 
 TEACHER = "{teacher}"  # placeholder replaced by the grid's teacher path
@@ -214,24 +215,10 @@ def run_one(spec: RunSpec, config: str | Path | None = None, resume: bool = Fals
     cfg = load_config(config, spec.overrides)
     cache = dataset_cache if dataset_cache is not None else {}
     if cfg.data.path not in cache:
-        cache[cfg.data.path] = load_dataset(cfg.data.path)
+        cache[cfg.data.path] = load_or_prepare(cfg.data.path)
     _write_experiment_json(spec, config)
     tr = Trainer(cfg, cache[cfg.data.path], spec.run_dir, quiet=quiet)
     return tr.fit(resume=resume and spec.started)
-
-
-def load_dataset(path_or_name: str):
-    """A prepared dataset directory or a preset name (prepared on first use)."""
-    from dllm2rec.data.schema import SeqDataset
-
-    p = Path(path_or_name)
-    if (p / "manifest.json").is_file():
-        return SeqDataset.load(p)
-    try:
-        from dllm2rec.data.registry import load_or_prepare
-    except ImportError:  # pragma: no cover - data layer absent
-        return SeqDataset.load(p)
-    return load_or_prepare(path_or_name)
 
 
 def _pid_alive(pid: int) -> bool:

@@ -10,8 +10,8 @@ from dllm2rec.errors import ConfigError
 from dllm2rec.registry import available, get_strategy
 from dllm2rec.students.base import build_student
 from dllm2rec.teachers.controls import make_control
-from dllm2rec.training import losses
-from dllm2rec.training.checkpoint import load_student, save_student
+from dllm2rec import losses
+from dllm2rec.students.checkpoint import load_student, save_student
 from dllm2rec.training.trainer import Trainer
 
 

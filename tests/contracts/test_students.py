@@ -5,7 +5,7 @@ from torch import nn
 
 from dllm2rec.registry import available
 from dllm2rec.students import build_student
-from dllm2rec.training.checkpoint import load_student, save_student
+from dllm2rec.students.checkpoint import load_student, save_student
 
 N, L = 30, 6
 STUDENTS = available("student")

@@ -18,7 +18,7 @@ import torch
 from dllm2rec.cli import main
 from dllm2rec.data import SeqDataset, make_split
 from dllm2rec.students import build_student
-from dllm2rec.training.checkpoint import save_student
+from dllm2rec.students.checkpoint import save_student
 
 N, L = 12, 4
 

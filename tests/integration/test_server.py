@@ -14,7 +14,7 @@ from dllm2rec.serving.app import create_app  # noqa: E402
 from dllm2rec.serving.bundle import export_bundle  # noqa: E402
 from dllm2rec.serving.recommender import Recommender  # noqa: E402
 from dllm2rec.students import build_student  # noqa: E402
-from dllm2rec.training.checkpoint import save_student  # noqa: E402
+from dllm2rec.students.checkpoint import save_student  # noqa: E402
 
 N, L = 25, 4
 

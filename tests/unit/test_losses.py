@@ -2,7 +2,7 @@ import math
 
 import torch
 
-from dllm2rec.training.losses import bce_loss, dros_propensity, dros_term, sample_negatives
+from dllm2rec.losses import bce_loss, dros_propensity, dros_term, sample_negatives
 
 
 def test_negatives_exclude_history_and_target():
@@ -38,7 +38,7 @@ def test_dros_matches_formula():
 
 
 def test_dros_autograd_function_matches_plain_autograd():
-    from dllm2rec.training.losses import dros_term_reference
+    from dllm2rec.losses import dros_term_reference
 
     g = torch.Generator().manual_seed(0)
     scores = (torch.randn(6, 40, generator=g, dtype=torch.float64) * 3).requires_grad_()
@@ -54,7 +54,7 @@ def test_dros_autograd_function_matches_plain_autograd():
         assert torch.allclose(ga, gb, atol=1e-12)
     assert torch.autograd.gradcheck(lambda s: dros_term(s, target, ps, 0.7), (scores,))
     # both outputs, used together (as the student loss and the distillation's candidate terms share them)
-    from dllm2rec.training.losses import dros_lse
+    from dllm2rec.losses import dros_lse
 
     assert torch.autograd.gradcheck(lambda s: dros_lse(s, target, ps, 0.7), (scores,))
     sw, un = dros_lse(scores, target, ps, 0.7)
@@ -64,7 +64,7 @@ def test_dros_autograd_function_matches_plain_autograd():
 
 
 def test_dros_stays_finite_when_one_term_dominates():
-    from dllm2rec.training.losses import dros_term_reference
+    from dllm2rec.losses import dros_term_reference
 
     scores = torch.zeros(2, 5, dtype=torch.float64)
     scores[0, 2] = 60.0  # the target's term dominates by e^{~3600}: no cancellation, no overflow

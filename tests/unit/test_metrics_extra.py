@@ -29,7 +29,7 @@ def test_recall_and_mrr_hand_computed():
 def test_results_json_has_recall_mrr_and_selects_by_them(tmp_path, tiny_dataset):
     from dllm2rec.config import load_config
     from dllm2rec.evaluation.protocol import rank_targets
-    from dllm2rec.training.checkpoint import load_student
+    from dllm2rec.students.checkpoint import load_student
     from dllm2rec.training.trainer import Trainer
 
     cfg = load_config(None, ["train.epochs=3", "train.batch_size=64", "model.dim=8", "train.num_threads=1",

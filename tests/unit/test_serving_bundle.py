@@ -14,7 +14,7 @@ from dllm2rec.serving.bundle import export_bundle, fold_hooks, load_bundle, read
 from dllm2rec.serving.recommender import Recommender
 from dllm2rec.students import build_student
 from dllm2rec.students.hooks import register_hook
-from dllm2rec.training.checkpoint import load_student, save_student
+from dllm2rec.students.checkpoint import load_student, save_student
 
 N, L = 40, 5
 

@@ -12,7 +12,7 @@ from dllm2rec.serving.bundle import export_bundle  # noqa: E402
 from dllm2rec.serving.onnx_export import export_onnx, onnx_bytes, onnx_parity  # noqa: E402
 from dllm2rec.serving.recommender import Recommender  # noqa: E402
 from dllm2rec.students import build_student  # noqa: E402
-from dllm2rec.training.checkpoint import save_student  # noqa: E402
+from dllm2rec.students.checkpoint import save_student  # noqa: E402
 
 N, L = 60, 6
 

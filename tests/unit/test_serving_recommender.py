@@ -9,7 +9,7 @@ from dllm2rec.data import SeqDataset, make_split
 from dllm2rec.serving.bundle import export_bundle
 from dllm2rec.serving.recommender import Recommender, RequestError
 from dllm2rec.students import build_student
-from dllm2rec.training.checkpoint import save_student
+from dllm2rec.students.checkpoint import save_student
 
 N, L = 30, 4
 

@@ -156,14 +156,6 @@ def read_movielens(source: str | Path) -> InteractionLog:
     return log
 
 
-# --------------------------------------------------------------------------- RecBole (own module)
-def read_recbole(source: str | Path):
-    """RecBole atomic or sequential files; see :func:`dllm2rec.data.recbole.read_recbole`."""
-    from dllm2rec.data.recbole import read_recbole as _read
-
-    return _read(source)
-
-
 def norm_id(s: str) -> str:
     # dense_ids prints integer raw ids without leading zeros; match that for the title lookup
     return str(int(s)) if s.isdigit() else s
@@ -301,5 +293,6 @@ def read_p5(source: str | Path) -> InteractionLog:
     return log
 
 
-READERS = {"movielens": read_movielens, "recbole": read_recbole, "amazon": read_amazon, "p5": read_p5}
+# RecBole (atomic and sequential) lives in data/recbole.py, which builds on this module; registry.READERS adds it
+READERS = {"movielens": read_movielens, "amazon": read_amazon, "p5": read_p5}
 

@@ -21,12 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
+from dllm2rec.data import importers, official, quality, recbole, recipes
 from dllm2rec.data.schema import SeqDataset
 from dllm2rec.errors import DataError
 from dllm2rec.utils.untrusted import UntrustedFileError
 
 PREPARED_ROOT = Path("prepared")
 DEFAULT_MAX_LEN = 10
+READERS = {**importers.READERS, "recbole": recbole.read_recbole}  # format -> reader of an interaction log
 FORMATS = ("movielens", "recbole", "official", "amazon", "p5")
 
 
@@ -88,8 +90,6 @@ def import_dataset(fmt: str, source: str | Path, name: str | None = None, max_le
     repeating an earlier (user, item, timestamp); their count is in ``meta["duplicate_interactions"]`` either way.
     ``meta`` also gets ``recipe``, ``placeholder_titles``/``placeholder_title_ids`` and ``split_warnings``.
     """
-    from dllm2rec.data import importers, official, quality, recipes
-
     src = Path(source)
     if not src.exists():
         raise DataError(f"{src}: missing (source directory or file not found)")
@@ -112,9 +112,9 @@ def import_dataset(fmt: str, source: str | Path, name: str | None = None, max_le
     else:
         if splits and set(splits) != {"train", "valid", "test"}:
             raise DataError(f"{src}: --splits only applies to the official format")
-        if fmt not in importers.READERS:
+        if fmt not in READERS:
             raise DataError(f"{src}: unknown format '{fmt}' (choose from {', '.join(FORMATS)})")
-        log = importers.READERS[fmt](src)
+        log = READERS[fmt](src)
         if isinstance(log, recipes.InteractionLog):
             dup = recipes.duplicate_mask(log)
             log.meta["duplicate_interactions"] = int(dup.sum())

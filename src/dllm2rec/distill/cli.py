@@ -92,12 +92,12 @@ def run_tune(config: Path | None, overrides: list[str], space: dict[str, tuple[s
     except ImportError:
         raise MissingDependencyError("`dllm2rec tune` needs optuna: pip install 'dllm2rec[hpo]'") from None
     from dllm2rec.config import load_config
-    from dllm2rec.experiments import load_dataset
+    from dllm2rec.data.registry import load_or_prepare
     from dllm2rec.training.trainer import Trainer
     from dllm2rec.utils.io import atomic_write_text
 
     base = load_config(config, overrides)
-    ds = load_dataset(base.data.path)
+    ds = load_or_prepare(base.data.path)
     select_key = None
     records: list[dict[str, Any]] = []
 
@@ -217,14 +217,17 @@ def register(app: typer.Typer) -> None:
         out: Optional[Path] = typer.Option(None, "--out", help="also write the table (Markdown) + JSON here"),
     ) -> None:
         """Why distillation helps or not: teacher HR@K, student-teacher top-K overlap, gain on teacher-right rows."""
-        from dllm2rec.evaluation.analysis import analysis_markdown, teacher_student_analysis
-        from dllm2rec.evaluation.runs import load_runs
-        from dllm2rec.experiments import load_dataset
-        from dllm2rec.training.trainer import load_teacher
         from dllm2rec.config import load_config
+        from dllm2rec.data.registry import load_or_prepare
+        from dllm2rec.evaluation.analysis import (
+            analysis_markdown,
+            teacher_student_analysis,
+        )
+        from dllm2rec.evaluation.runs import load_runs
+        from dllm2rec.training.trainer import load_teacher
         from dllm2rec.utils.io import atomic_write_text
 
-        ds = load_dataset(data)
+        ds = load_or_prepare(data)
         t = load_teacher(load_config(None, [f"distill.teacher={teacher}"]), ds)
         found = load_runs(runs)
         if not found:
@@ -327,9 +330,10 @@ def register(app: typer.Typer) -> None:
         override: list[str] = typer.Option([], "--set", "-o", help="dotted override for every run"),
     ) -> None:
         """The whole product on the embedded default: dataset -> teacher -> baseline vs distilled -> table + plot."""
+        from dllm2rec.data.registry import load_or_prepare
         from dllm2rec.evaluation.report import build_report
         from dllm2rec.evaluation.teacher_metrics import teacher_metrics_from_dir
-        from dllm2rec.experiments import GridSpec, load_dataset, run_grid
+        from dllm2rec.experiments import GridSpec, run_grid
 
         if source is not None:
             from dllm2rec.data.registry import PRESETS, prepare
@@ -339,7 +343,7 @@ def register(app: typer.Typer) -> None:
 
                 raise ConfigError(f"--source needs a preset --data ({', '.join(PRESETS)}), got '{data}'")
             prepare(data, source=source)
-        ds = load_dataset(data)
+        ds = load_or_prepare(data)
         src = ds.meta.get("source")
         typer.echo(f"[1/4] dataset {ds.name}: {ds.n_items} items, "
                    f"{len(ds['train'])}/{len(ds['valid'])}/{len(ds['test'])} train/valid/test rows"

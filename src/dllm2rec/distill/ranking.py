@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from dllm2rec.training.losses import dros_lse  # a leaf module (torch only)
+from dllm2rec.losses import dros_lse  # a leaf module (torch only)
 
 
 def _mask(x: torch.Tensor, covered: torch.Tensor | None) -> torch.Tensor:

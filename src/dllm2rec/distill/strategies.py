@@ -24,7 +24,12 @@ import torch
 
 from dllm2rec.distill import ranking, weights
 from dllm2rec.distill.base import StepContext, Strategy
-from dllm2rec.distill.baselines import HintStrategy, RDStrategy, TeacherRows, resolve_params
+from dllm2rec.distill.baselines import (
+    HintStrategy,
+    RDStrategy,
+    TeacherRows,
+    resolve_params,
+)
 from dllm2rec.distill.embedding import PROJECTORS, SIDES, attach_embedding_distillation
 from dllm2rec.errors import ConfigError
 from dllm2rec.registry import register_strategy
@@ -95,7 +100,7 @@ class DLLM2RecStrategy(Strategy):
         p = self.p
         self.ps = None
         if p["use_ranking"] and p["variant"] == "official" and p["dros_alpha"]:
-            from dllm2rec.training.losses import dros_propensity
+            from dllm2rec.losses import dros_propensity
 
             if self.dataset is None:  # the caller sets self.ps (propensities) itself
                 return

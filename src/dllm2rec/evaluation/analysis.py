@@ -24,7 +24,7 @@ def teacher_student_analysis(dataset, teacher, runs: list[Run], k: int = 20, max
     import numpy as np
     import torch
 
-    from dllm2rec.training.checkpoint import load_student
+    from dllm2rec.students.checkpoint import load_student
 
     tr = dataset["train"]
     covered = np.flatnonzero(np.asarray(teacher.covered, dtype=bool))

@@ -38,7 +38,7 @@ def synthetic_bundle(out: str | Path, n_items: int = 17_000, student: str = "sas
     from dllm2rec.data import SeqDataset, make_split
     from dllm2rec.serving.bundle import export_bundle
     from dllm2rec.students import build_student
-    from dllm2rec.training.checkpoint import save_student
+    from dllm2rec.students.checkpoint import save_student
 
     torch.manual_seed(seed)
     out = Path(out)
@@ -450,13 +450,6 @@ def _run(bundle, backends, iters, batch, batch_iters, k, threads, http, requests
             for s in h["error_samples"]:
                 echo(f"  error: {s}")
     return res
-
-
-def main(argv: list[str] | None = None) -> None:
-    """``python benchmarks/bench_serving.py`` == ``dllm2rec bench`` (same options)."""
-    from dllm2rec.cli import main as cli_main
-
-    cli_main(["bench", *(sys.argv[1:] if argv is None else argv)])
 
 
 def dump(res: dict[str, Any], path: str | Path) -> None:

@@ -26,8 +26,17 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Annotated, Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    field_validator,
+)
 
+from dllm2rec.data.registry import load_or_prepare
 from dllm2rec.errors import ArtifactError, DataError, Dllm2recError
 from dllm2rec.students.base import SequentialStudent
 
@@ -122,11 +131,7 @@ def _resolve_dataset(dataset: Any, meta: dict[str, Any], ckpt: Path):
         if not dataset:
             raise Dllm2recError(f"{ckpt}: no dataset recorded in the checkpoint (meta.config.data.path); "
                                 f"pass --dataset")
-    try:
-        from dllm2rec.training.trainer import resolve_dataset  # prepared dir or preset name
-    except ImportError:
-        return SeqDataset.load(dataset)
-    return resolve_dataset(str(dataset))
+    return load_or_prepare(str(dataset))  # prepared dir or preset name
 
 
 def export_bundle(source: str | Path, dataset: str | Path | Any, out: str | Path, *, which: str = "best",
@@ -139,7 +144,7 @@ def export_bundle(source: str | Path, dataset: str | Path | Any, out: str | Path
     """
     from safetensors.torch import save_file
 
-    from dllm2rec.training.checkpoint import load_student
+    from dllm2rec.students.checkpoint import load_student
     from dllm2rec.utils.io import atomic_dir
 
     ckpt, run_dir = resolve_checkpoint(source, which)

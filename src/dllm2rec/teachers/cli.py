@@ -9,6 +9,8 @@ from typing import Optional
 
 import typer
 
+from dllm2rec.data.registry import load_or_prepare
+
 
 def _threads(n: Optional[int]) -> None:
     if n:
@@ -22,9 +24,7 @@ def _command() -> str:
 
 
 def _load_dataset(path: Path):
-    from dllm2rec.data.schema import SeqDataset
-
-    return SeqDataset.load(path)
+    return load_or_prepare(str(path))  # the one resolver: a prepared dir or a preset name (as train accepts)
 
 
 def register(app: typer.Typer) -> None:
@@ -62,7 +62,8 @@ def register(app: typer.Typer) -> None:
         max_seconds: Optional[float] = typer.Option(None, help="Time budget: stop (evaluate, save) after N s."),
     ) -> None:
         """LoRA SFT (or --full fine-tuning) on BIGRec prompts (paper-spec §2.2)."""
-        from dllm2rec.teachers.bigrec.finetune import FinetuneConfig, finetune as run
+        from dllm2rec.teachers.bigrec.finetune import FinetuneConfig
+        from dllm2rec.teachers.bigrec.finetune import finetune as run
         from dllm2rec.teachers.bigrec.prompts import dataset_domain
         from dllm2rec.teachers.models import require_teacher_extra, resolve_model
 
@@ -112,9 +113,20 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Beam generation for one split, sharded and resumable (paper-spec §2.3)."""
         from dllm2rec.errors import ConfigError
-        from dllm2rec.teachers.bigrec.generate import GenConfig, HFBackend, VLLMBackend, run_generation, select_rows
+        from dllm2rec.teachers.bigrec.generate import (
+            GenConfig,
+            HFBackend,
+            VLLMBackend,
+            run_generation,
+            select_rows,
+        )
         from dllm2rec.teachers.bigrec.prompts import dataset_domain
-        from dllm2rec.teachers.models import load_causal_lm, load_tokenizer, require_teacher_extra, resolve_model
+        from dllm2rec.teachers.models import (
+            load_causal_lm,
+            load_tokenizer,
+            require_teacher_extra,
+            resolve_model,
+        )
 
         require_teacher_extra()
         _threads(threads)

@@ -7,18 +7,11 @@ from typing import Optional
 
 import typer
 
+from dllm2rec.data.registry import load_or_prepare
+
 
 def _dataset(path: str):
-    from dllm2rec.data.schema import SeqDataset
-
-    p = Path(path)
-    if (p / "manifest.json").is_file():
-        return SeqDataset.load(p)
-    try:
-        from dllm2rec.data.registry import load_or_prepare
-    except ImportError:
-        return SeqDataset.load(p)
-    return load_or_prepare(path)
+    return load_or_prepare(path)  # the one resolver: a prepared dir or a preset name
 
 
 def register(app: typer.Typer) -> None:

@@ -33,8 +33,8 @@ def register(app: typer.Typer) -> None:
         Under ``torchrun --nproc_per_node N -m dllm2rec train ...`` it trains with DDP (see docs/scaling.md).
         """
         from dllm2rec.config import load_config
+        from dllm2rec.data.registry import load_or_prepare
         from dllm2rec.training import distributed as dist_
-        from dllm2rec.training.trainer import resolve_dataset
 
         ov = list(override)
         if data:
@@ -51,7 +51,7 @@ def register(app: typer.Typer) -> None:
             finally:
                 dist_.cleanup()
             return
-        _train(cfg, resolve_dataset(cfg.data.path), run_dir, resume)
+        _train(cfg, load_or_prepare(cfg.data.path), run_dir, resume)
 
     def _train(cfg, ds, run_dir, resume: bool, echo: bool = True) -> None:
         from dllm2rec.training.trainer import Trainer
@@ -92,10 +92,10 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json"),
     ) -> None:
         """Full-ranking HR/NDCG@K of a saved student (or of --baseline popularity) on a split."""
+        from dllm2rec.data.registry import load_or_prepare
         from dllm2rec.errors import Dllm2recError
         from dllm2rec.evaluation.protocol import evaluate as run_eval
-        from dllm2rec.training.checkpoint import load_student
-        from dllm2rec.training.trainer import resolve_dataset
+        from dllm2rec.students.checkpoint import load_student
 
         kk = [int(x) for x in ks.split(",")]
         if baseline is not None:
@@ -105,7 +105,7 @@ def register(app: typer.Typer) -> None:
                 raise Dllm2recError(f"{checkpoint}: --baseline ranks without a checkpoint; pass --data only")
             if not data:
                 raise Dllm2recError(f"--baseline {baseline}: pass --data DATASET (a prepared dir or preset)")
-            ds = resolve_dataset(data)
+            ds = load_or_prepare(data)
             m = evaluate_baseline(baseline, ds, split, kk, batch, exclude_history, item_chunk=item_chunk)
         else:
             if checkpoint is None:
@@ -115,7 +115,7 @@ def register(app: typer.Typer) -> None:
             ds_path = data or info["meta"].get("config", {}).get("data", {}).get("path")
             if not ds_path:
                 raise Dllm2recError(f"{ck}: no dataset recorded; pass --data")
-            ds = resolve_dataset(ds_path)
+            ds = load_or_prepare(ds_path)
             fp = info["meta"].get("dataset_fingerprint")
             if fp and fp != ds.fingerprint():
                 raise Dllm2recError(f"{ck}: trained on dataset {fp}, but {ds_path} is {ds.fingerprint()}")

@@ -301,14 +301,14 @@ def load_teacher_shared(path: str | Path, dataset=None):
 
 def resolve_dataset_shared(path_or_name: str):
     """Dataset for a DDP run: prepared directories memory-mapped; presets prepared once, by rank 0."""
-    from dllm2rec.training.trainer import resolve_dataset
+    from dllm2rec.data.registry import load_or_prepare
 
     p = Path(path_or_name)
     if (p / "manifest.json").is_file():
         return load_dataset_shared(p)
-    ds = resolve_dataset(path_or_name) if is_main() else None
+    ds = load_or_prepare(path_or_name) if is_main() else None
     barrier()  # rank 0 prepared (and cached) the preset; the others now only read it
-    return ds if ds is not None else resolve_dataset(path_or_name)
+    return ds if ds is not None else load_or_prepare(path_or_name)
 
 
 def is_mapped(a) -> bool:

@@ -6,7 +6,7 @@
   ``select_metric`` is kept (``best/``), training stops after ``patience`` evaluations without improvement, and
   the test split is evaluated exactly once, with the selected checkpoint.
 - ``last/`` holds model + optimiser + RNG + early-stopping state after every epoch, written as one atomic unit
-  (see training/checkpoint.py): ``resume=True`` continues a killed run and reproduces the uninterrupted run exactly
+  (see students/checkpoint.py): ``resume=True`` continues a killed run and reproduces the uninterrupted run exactly
   (same seeds, same order); a kill at any instant loses at most the epoch in flight. An incomplete or inconsistent
   run directory is refused in one line, never restarted from epoch 1; a changed config is refused unless the change
   is documented-safe (``config.resume_changes``), and applied changes are recorded in ``results.json``.
@@ -26,18 +26,19 @@ from typing import Any
 import numpy as np
 import torch
 
+from dllm2rec import losses
 from dllm2rec.config import RunConfig
+from dllm2rec.data.registry import load_or_prepare
 from dllm2rec.data.schema import SeqDataset
 from dllm2rec.distill.base import StepContext, Strategy
 from dllm2rec.errors import Dllm2recError
 from dllm2rec.evaluation.metrics import ALL_METRICS
 from dllm2rec.evaluation.protocol import evaluate, protocol_name
 from dllm2rec.registry import get_strategy
+from dllm2rec.students import checkpoint as ckpt
 from dllm2rec.students.base import SequentialStudent, build_student
-from dllm2rec.training import checkpoint as ckpt
+from dllm2rec.students.checkpoint import load_student, save_student
 from dllm2rec.training import distributed as dist_
-from dllm2rec.training import losses
-from dllm2rec.training.checkpoint import load_student, save_student
 from dllm2rec.utils.io import atomic_write_text, disk_errors, fsync_dir
 from dllm2rec.utils.progress import progress
 
@@ -419,13 +420,6 @@ class Trainer:
 def run_training(cfg: RunConfig, dataset: SeqDataset | None = None, resume: bool = False,
                  run_dir: str | Path | None = None, quiet: bool | None = None) -> dict[str, Any]:
     if dataset is None:
-        dataset = resolve_dataset(cfg.data.path)
+        dataset = load_or_prepare(cfg.data.path)
     tr = Trainer(cfg, dataset, run_dir, quiet=quiet)
     return tr.fit(resume=resume)
-
-
-def resolve_dataset(path_or_name: str) -> SeqDataset:
-    """A prepared dataset directory, or a preset name (ml-100k, lastfm, ...) prepared on first use."""
-    from dllm2rec.data.registry import load_or_prepare
-
-    return load_or_prepare(path_or_name)

@@ -24,7 +24,11 @@ from dllm2rec.config import RunConfig, load_config
 from dllm2rec.errors import ConfigError, MissingDependencyError
 from dllm2rec.evaluation.analysis import teacher_student_analysis
 from dllm2rec.evaluation.runs import load_runs
-from dllm2rec.evaluation.teacher_metrics import find_metric, teacher_metrics_from_dir, teacher_protocol
+from dllm2rec.evaluation.teacher_metrics import (
+    find_metric,
+    teacher_metrics_from_dir,
+    teacher_protocol,
+)
 from dllm2rec.teachers.artifacts import TeacherArtifacts
 from dllm2rec.training.trainer import Trainer
 from dllm2rec.utils.io import atomic_write_text
@@ -61,13 +65,13 @@ def preflight(config: Path | None, overrides: list[str], out: Path, ds=None, epo
               patience: int = 3,
               max_rows: int | None = 20000, echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Teacher vs a short plain student, on validation (and teacher-covered train rows); writes ``preflight.json``."""
-    from dllm2rec.experiments import load_dataset
+    from dllm2rec.data.registry import load_or_prepare
 
     base = load_config(config, overrides)
     teacher_dir = base.distill.teacher
     if not teacher_dir or teacher_dir.split(":")[0] in ("random", "synthetic"):
         raise ConfigError("preflight needs real teacher artifacts: set distill.teacher=DIR")
-    ds = ds if ds is not None else load_dataset(base.data.path)
+    ds = ds if ds is not None else load_or_prepare(base.data.path)
     teacher = TeacherArtifacts.load(teacher_dir, ds)
     plain = base.model_copy(deep=True)
     plain.distill.strategy, plain.distill.teacher, plain.distill.params = "none", None, {}
@@ -143,14 +147,14 @@ def guarded_distill(config: Path | None, overrides: list[str], out: Path, trials
         import optuna
     except ImportError:
         raise MissingDependencyError("the guard needs optuna: pip install 'dllm2rec[hpo]'") from None
-    from dllm2rec.experiments import load_dataset
+    from dllm2rec.data.registry import load_or_prepare
 
     base = load_config(config, overrides)
     if base.distill.strategy != "dllm2rec" or not base.distill.teacher:
         raise ConfigError("the guard searches DLLM2Rec's weights: set distill.strategy=dllm2rec and distill.teacher")
     if trials < 2:
         raise ConfigError("--trials must be >= 2 (plain and the paper's setting are always tried)")
-    ds = ds if ds is not None else load_dataset(base.data.path)
+    ds = ds if ds is not None else load_or_prepare(base.data.path)
     top_n = TeacherArtifacts.load(base.distill.teacher, ds).top_n
     ks = tuple(k for k in ks if k <= top_n) or (top_n,)
     metric_name = base.train.select_metric
