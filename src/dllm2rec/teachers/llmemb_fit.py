@@ -21,7 +21,6 @@ anything else is refused.
 """
 from __future__ import annotations
 
-import copy
 import json
 import shutil
 import time
@@ -166,7 +165,7 @@ def load_checkpoint(ckpt_dir: Path, key: str, model, opt, rng, gen) -> tuple[dic
                           f"(key {meta.get('key')} vs {key}); delete it or pass another --checkpoint-dir")
     title = model.title
     model.load_state_dict({**load_file(str(where / "model.safetensors")), "title": title})
-    best = {**load_file(str(where / "best.safetensors")), "title": title}
+    best = load_file(str(where / "best.safetensors"))
     state: dict = {}
     for k, v in load_file(str(where / "optim.safetensors")).items():
         pid, name = k.split(".", 1)
@@ -211,6 +210,7 @@ def train_model(title_emb: np.ndarray, train, valid, n_items: int, max_len: int,
     if mode == "sampled":
         gen = torch.Generator().manual_seed(cfg.seed + 7919)
         label_p = label_shares(train, pool, n_items, cfg.all_positions)
+    log(f"softmax over items: {mode} ({why}{f', {cfg.negatives} negatives per step' if mode == 'sampled' else ''})")
     st = {"key": key, "epoch": 0, "best": -1.0, "best_ep": 0, "bad": 0, "hist": [], "done": False, "seconds": 0.0}
     best_state = None
     resumed_from = None
@@ -251,7 +251,7 @@ def train_model(title_emb: np.ndarray, train, valid, n_items: int, max_len: int,
         log(f"epoch {ep}: loss {tot / max(nb, 1):.4f} valid NDCG@20 {nd:.4f} ({time.time() - t0:.0f}s)")
         if nd > st["best"]:
             st.update(best=nd, best_ep=ep, bad=0)
-            best_state = copy.deepcopy(model.state_dict())
+            best_state = _no_title(model.state_dict())  # the frozen title table is never copied
         else:
             st["bad"] += 1
             if st["bad"] >= cfg.patience:
@@ -266,7 +266,7 @@ def train_model(title_emb: np.ndarray, train, valid, n_items: int, max_len: int,
         if on_epoch is not None:
             on_epoch(ep)
     ep_bar.close()
-    model.load_state_dict(best_state)
+    model.load_state_dict({**best_state, "title": model.title})
     model.eval()
     info = {"best_epoch": st["best_ep"], "best_valid_ndcg20": round(st["best"], 5), "epochs_run": len(st["hist"]),
             "train_seconds": round(time.time() - t0, 1), "history": st["hist"], "item_loss": mode,
