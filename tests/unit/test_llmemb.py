@@ -364,8 +364,11 @@ def test_budget_scores_only_the_selected_rows(ds, fitted):
         select_train_rows(10, rows_fraction=1.5)
 
 
-def test_title_embeddings_cached_by_encoder_and_titles(monkeypatch, tmp_path):
+def test_title_embeddings_cached_by_encoder_and_titles(monkeypatch, tmp_path, capsys):
     from dllm2rec.teachers import encoders
+    from dllm2rec.utils import progress as prog
+
+    monkeypatch.setattr(prog, "quiet", lambda: False)  # as on a terminal: the encoding bar shows
 
     calls = []
 
@@ -378,6 +381,7 @@ def test_title_embeddings_cached_by_encoder_and_titles(monkeypatch, tmp_path):
     monkeypatch.setenv("DLLM2REC_CACHE", str(tmp_path))
     monkeypatch.setattr(encoders, "encode_minilm", fake)
     a = encoders.encode_titles(["a", "bb"], "minilm")
+    assert "encoding titles (minilm)" in capsys.readouterr().err
     logs = []
     b = encoders.encode_titles(["a", "bb"], "minilm", log=logs.append)
     assert calls == [2] and any("cache" in m for m in logs)
