@@ -298,7 +298,7 @@ def register(app: typer.Typer) -> None:
                 state = "done" if s.done else "partial" if s.started else "todo"
                 typer.echo(f"{state:8s} {s.run_dir}  " + " ".join(f"-o {o}" for o in s.overrides))
             return
-        res = run_grid(grid, log=typer.echo)
+        res = run_grid(grid, log=typer.echo, quiet=False)  # per-run and per-epoch lines
         if not no_report and res["finished"]:
             from dllm2rec.evaluation.report import build_report
 
@@ -356,7 +356,7 @@ def register(app: typer.Typer) -> None:
                         teacher=spec, overrides=ov, resume=True)
         typer.echo(f"[3/4] training {student}: " + ", ".join(methods) + f" (epoch cap {2 if quick else epochs}; "
                    f"finished runs in {out} are reused)")
-        res = run_grid(grid, log=lambda m: typer.echo("      " + m), quiet=True)
+        res = run_grid(grid, log=lambda m: typer.echo("      " + m), quiet=False)  # a line per epoch (+ bar on a tty)
         if res["failed"]:
             from dllm2rec.errors import Dllm2recError
 

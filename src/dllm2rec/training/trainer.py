@@ -158,8 +158,8 @@ class Trainer:
         sums: dict[str, float] = {}
         steps = 0
         t0 = time.perf_counter()
-        bar = progress(range(0, n, bs), desc=f"epoch {epoch}", unit="batch",
-                       disable=self.quiet if self.quiet is not None else None)
+        # quiet silences the bar; otherwise progress() decides (off with CI=true, DLLM2REC_PROGRESS=0, no terminal)
+        bar = progress(range(0, n, bs), desc=f"epoch {epoch}", unit="batch", **({"disable": True} if self.quiet else {}))
         for step, s in enumerate(bar):
             idx = perm[s:s + bs]
             if self.ddp is None:
@@ -351,10 +351,13 @@ class Trainer:
             done_now += 1
             if not self.quiet and os.environ.get("DLLM2REC_LOG_EPOCHS", "1") != "0":
                 sel = rec.get(self.select_key)
+                # at most this many epochs remain: the cap, or patience running out with no new best
+                left = max(0, min(cfg.epochs - epoch, cfg.patience - self.bad_evals))
                 print(f"epoch {epoch:3d}  loss {rec['train/loss']:.4f}  "
                       f"{rec['train/samples_per_s']:.0f} samples/s"
                       + (f"  {self.select_key} {sel:.4f}" if sel is not None else "")
-                      + ("  *" if self.best_epoch == epoch else ""), flush=True)
+                      + ("  *" if self.best_epoch == epoch else "")
+                      + f"  ETA ≤ {left * rec.get('train/seconds', 0.0):.0f}s ({left} epochs at most)", flush=True)
         else:
             stopped = True
         if self.bad_evals >= cfg.patience:
