@@ -68,3 +68,24 @@ def test_missing_and_malformed_files(tmp_path):
     (tmp_path / "d" / "train.npz").write_bytes(b"garbage")
     with pytest.raises(DataError, match="train.npz: unreadable"):
         SeqDataset.load(tmp_path / "d")
+
+
+def test_atomic_dir_gives_ordinary_file_modes(tmp_path):
+    """safetensors' save_file writes 0600; everything an atomic_dir commits is 0644/0755 (minus the umask)."""
+    import os
+
+    import torch
+    from safetensors.torch import save_file
+
+    from dllm2rec.utils.io import atomic_dir
+
+    mask = os.umask(0o022)
+    try:
+        with atomic_dir(tmp_path / "bundle") as tmp:
+            save_file({"w": torch.zeros(2)}, str(tmp / "model.safetensors"))
+            (tmp / "sub").mkdir()
+            (tmp / "sub" / "x.json").write_text("{}")
+    finally:
+        os.umask(mask)
+    assert oct((tmp_path / "bundle" / "model.safetensors").stat().st_mode & 0o777) == oct(0o644)
+    assert oct((tmp_path / "bundle" / "sub").stat().st_mode & 0o777) == oct(0o755)

@@ -32,9 +32,14 @@ def export(
     if m["folded_hooks"]:
         typer.echo(f"  folded hooks: {', '.join(sorted(m['folded_hooks']))}")
     if m["selected"]["metrics"]:
-        shown = ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
-                          for k, v in list(m["selected"]["metrics"].items())[:6])
-        typer.echo(f"  selected with: {shown}")
+        mets = m["selected"]["metrics"]
+        # every K the run evaluated (selection may use NDCG@20; the first six keys stopped at @10)
+        keyed = sorted(mets.items(), key=lambda kv: (kv[0].rsplit("@", 1)[0], int(kv[0].rsplit("@", 1)[1])
+                                                     if kv[0].rsplit("@", 1)[-1].isdigit() else 0))
+        shown = ", ".join(f"{k.split('/')[-1]}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
+                          for k, v in keyed if "/" not in k or k.split("/")[-1].split("@")[0] in ("HR", "NDCG"))
+        typer.echo(f"  selected on validation ({next(iter(mets)).split('/')[1] if '/' in next(iter(mets)) else ''}): "
+                   f"{shown}")
     if m["onnx"]:
         typer.echo(f"  model.onnx: parity max |eager - onnxruntime| = {m['onnx']['parity_max_abs_diff']:.2e}")
     files = ", ".join(f"{n} ({r['bytes']:,} B)" for n, r in m["files"].items())

@@ -162,6 +162,17 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         raise
 
 
+def _ordinary_modes(root: Path) -> None:
+    """Files 0644, directories 0755 (minus the umask): writers such as safetensors' ``save_file`` create 0600 files,
+    which left one file of a bundle or a checkpoint unreadable to the group while the rest was 0644."""
+    mask = os.umask(0)
+    os.umask(mask)
+    for p in root.rglob("*"):
+        if p.is_symlink():
+            continue
+        os.chmod(p, (0o755 if p.is_dir() else 0o644) & ~mask)
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | Path, durable: bool = False) -> Iterator[Path]:
     """Yield a temporary directory; on success it replaces ``path`` (an existing directory is swapped out).
@@ -176,6 +187,7 @@ def atomic_dir(path: str | Path, durable: bool = False) -> Iterator[Path]:
     old = None
     try:
         yield tmp
+        _ordinary_modes(tmp)
         if durable:
             _fsync_tree(tmp)
         crash_test_hook(f"swap:{path.name}")
