@@ -35,7 +35,7 @@ def test_export_then_recommend(tmp_path, run_and_data):
     run, data = run_and_data
     r = runner.invoke(app, ["export", str(run), "--dataset", str(data), "--out", str(tmp_path / "bundle"), "--onnx"])
     assert r.exit_code == 0, r.output
-    assert "caser" in r.output and "parity" in r.output and "valid/full/NDCG@20=0.5000" in r.output
+    assert "caser" in r.output and "parity" in r.output and "selected on validation (full)" in r.output and "NDCG@20=0.5000" in r.output
     manifest = json.loads((tmp_path / "bundle" / "manifest.json").read_text())
     assert {"model.safetensors", "student.json", "items.json", "model.onnx"} <= set(manifest["files"])
     for backend in ("torch", "onnx"):
