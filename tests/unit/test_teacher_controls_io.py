@@ -99,3 +99,25 @@ def test_teacher_cli_import_validate_stats_export(ds, tmp_path):
     other.save(tmp_path / "other")
     r = run(app, ["teacher", "validate", str(tmp_path / "art"), "--dataset", str(tmp_path / "other")])
     assert r.exit_code != 0
+
+
+def test_export_pad_to_4096_for_the_official_script(tmp_path):
+    """--pad-to: zero columns up to the official script's hard-coded 4096; the real columns are unchanged."""
+    import pytest
+    import torch
+
+    from dllm2rec.data.synthetic import make_synthetic
+    from dllm2rec.errors import ArtifactError
+    from dllm2rec.teachers.controls import make_control
+    from dllm2rec.teachers.official_io import EMB_FILE
+
+    ds = make_synthetic(n_items=30, n_users=20, seq_len=8, seed=0)
+    art = make_control("random:16", ds, seed=0)
+    export_official(art, tmp_path / "off", pad_to=4096)
+    emb = torch.load(tmp_path / "off" / EMB_FILE, weights_only=True)
+    assert tuple(emb.shape) == (30, 4096)
+    assert torch.equal(emb[:, :16], torch.from_numpy(art.item_emb.astype("float32")))
+    assert not emb[:, 16:].any()
+    assert not list((tmp_path / "off").glob(".*.tmp"))
+    with pytest.raises(ArtifactError, match="below the teacher's embedding width"):
+        export_official(art, tmp_path / "off2", pad_to=8)

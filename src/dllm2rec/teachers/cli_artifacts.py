@@ -41,13 +41,16 @@ def register(app: typer.Typer) -> None:
         dataset: Optional[str] = typer.Option(None, "--dataset", help="Validate against this dataset first."),
         allow_partial: bool = typer.Option(False, "--allow-partial",
                                            help="Write unanswered rows as -1/nan (the official script cannot read them)."),
+        pad_to: Optional[int] = typer.Option(None, "--pad-to",
+                                             help="Zero-pad the embeddings to this width; the official script "
+                                                  "needs 4096 (its projector is Linear(4096, 64)). Same model."),
     ) -> None:
         """Export teacher artifacts as the official all_embeddings.pt / myrank_train.txt / confidence_train.txt."""
         from dllm2rec.teachers.artifacts import TeacherArtifacts
         from dllm2rec.teachers.official_io import export_official
 
         art = TeacherArtifacts.load(artifacts, _dataset(dataset) if dataset else None)
-        export_official(art, out, allow_partial=allow_partial)
+        export_official(art, out, allow_partial=allow_partial, pad_to=pad_to)
         typer.echo(f"wrote {out}")
 
     @app.command("validate")

@@ -11,6 +11,7 @@ which the official script cannot read).
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -94,18 +95,37 @@ def import_official(src: str | Path, dataset, top_n: int | None = None, teacher:
     return art.validate(dataset, str(src))
 
 
-def export_official(art: TeacherArtifacts, out: str | Path, allow_partial: bool = False) -> Path:
-    """Write ``art`` as the three official files (float32 embeddings; ids as ints; distances %.9g, exact for float32)."""
+def export_official(art: TeacherArtifacts, out: str | Path, allow_partial: bool = False,
+                    pad_to: int | None = None) -> Path:
+    """Write ``art`` as the three official files (float32 embeddings; ids as ints; distances %.9g, exact for float32).
+
+    ``pad_to``: zero-pad the embeddings to this width. The official script hard-codes 4096-wide teacher embeddings
+    (``nn.Linear(4096, 64)``) and crashes on e.g. a 384-d export; zero columns leave its projection unchanged
+    (their weights get zero gradient), so ``pad_to=4096`` is the same model. Each file is written to a temporary
+    name and renamed, so a kill never leaves a truncated file.
+    """
     import torch
 
     if not allow_partial and not art.covered.all():
         raise ArtifactError(f"teacher covers {int(art.covered.sum())}/{art.n_rows} rows; the official files need "
                             "every training row (pass allow_partial to write -1/nan rows anyway)")
+    emb = np.ascontiguousarray(art.item_emb, dtype=np.float32)
+    if pad_to is not None:
+        if pad_to < art.dim:
+            raise ArtifactError(f"--pad-to {pad_to} is below the teacher's embedding width {art.dim}")
+        emb = np.pad(emb, ((0, 0), (0, pad_to - art.dim)))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    torch.save(torch.from_numpy(np.ascontiguousarray(art.item_emb, dtype=np.float32)), out / EMB_FILE)
     ids = np.where(art.covered[:, None], art.topk_ids, -1)
     dist = np.where(art.covered[:, None], art.topk_dist, np.nan)
-    np.savetxt(out / RANK_FILE, ids, fmt="%d")
-    np.savetxt(out / CONF_FILE, dist, fmt="%.9g")
+    writers = {EMB_FILE: lambda f: torch.save(torch.from_numpy(emb), f),
+               RANK_FILE: lambda f: np.savetxt(f, ids, fmt="%d"),
+               CONF_FILE: lambda f: np.savetxt(f, dist, fmt="%.9g")}
+    for name, write in writers.items():
+        tmp = out / f".{name}.tmp"
+        try:
+            write(tmp)
+            os.replace(tmp, out / name)
+        finally:
+            tmp.unlink(missing_ok=True)
     return out
