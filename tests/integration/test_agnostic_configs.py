@@ -47,3 +47,10 @@ def test_agnostic_config_trains_on_the_data_given(tiny_dataset, tmp_path):
                             "-o", "model.dim=8", "-o", "train.num_threads=1", "-o", f"out_dir={tmp_path / 'runs'}"])
     assert r.exit_code == 0, r.output
     assert load_config(CONFIGS / "sasrec.yaml").model.name == "sasrec"
+
+
+def test_train_needs_a_dataset_stated(tmp_path):
+    r = runner.invoke(app, ["train"])                                 # no config, no data: help, exit 2
+    assert r.exit_code == 2 and "Usage" in r.output and "--data" in r.output
+    r = runner.invoke(app, ["train", "-c", str(CONFIGS / "sasrec.yaml")])  # agnostic config without --data
+    assert isinstance(r.exception, Dllm2recError) and "names no dataset" in str(r.exception)

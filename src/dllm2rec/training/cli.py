@@ -18,6 +18,7 @@ def _print_table(rows: list[tuple[str, dict]], keys: list[str]) -> None:
 def register(app: typer.Typer) -> None:
     @app.command()
     def train(
+        ctx: typer.Context,
         config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (see configs/)"),
         override: list[str] = typer.Option([], "--set", "-o", help="dotted override, e.g. -o train.epochs=5"),
         data: Optional[str] = typer.Option(None, "--data", help="prepared dataset dir or preset (ml-100k, lastfm)"),
@@ -37,6 +38,14 @@ def register(app: typer.Typer) -> None:
         from dllm2rec.training import distributed as dist_
 
         ov = list(override)
+        if config is None and not data and not any(o.startswith("data.path=") for o in ov):
+            typer.echo(ctx.get_help())  # no config and no data: a 200-epoch run on a default is not what was asked
+            raise typer.Exit(2)
+        if config is not None and not data and not any(o.startswith("data.path=") for o in ov) \
+                and not _names_data(config):
+            from dllm2rec.errors import ConfigError
+
+            raise ConfigError(f"{config}: names no dataset (no data.path); pass --data DATASET")
         if data:
             ov.append(f"data.path={data}")
         if model:
@@ -52,6 +61,16 @@ def register(app: typer.Typer) -> None:
                 dist_.cleanup()
             return
         _train(cfg, load_or_prepare(cfg.data.path), run_dir, resume)
+
+    def _names_data(config: Path) -> bool:
+        """Does the YAML file set data.path? (dataset-agnostic configs leave it to --data)"""
+        import yaml
+
+        try:
+            raw = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError):
+            return True  # load_config reports the file's own problem
+        return isinstance(raw, dict) and isinstance(raw.get("data"), dict) and "path" in raw["data"]
 
     def _train(cfg, ds, run_dir, resume: bool, echo: bool = True) -> None:
         from dllm2rec.training.trainer import Trainer
