@@ -94,6 +94,11 @@ class TrainConfig(_Strict):
     eval_batch: int = Field(1024, ge=1)
     eval_item_chunk: int | None = Field(None, ge=1, description="stream ranking over item chunks of this size "
                                         "(bounded memory for huge catalogues; None: score all items at once)")
+    valid_sample: int | None = Field(None, ge=0, description="rows of the validation split ranked each epoch for "
+                                     "model selection: None = all rows up to 20,000, else a fixed sample of "
+                                     "10,000 (seeded, the same for every run); 0 = always all; N = a fixed "
+                                     "sample of N. The selected checkpoint is always ranked on ALL validation "
+                                     "rows at the end (results.json: valid = full, valid_selection = the sample)")
     exclude_history: bool = Field(False, description="mask history items when ranking (official: no)")
     seed: int = 2024
     num_threads: int | None = Field(None, ge=1, description="torch intra-op threads (None: torch default)")

@@ -122,8 +122,8 @@ def top_k(model, seq: torch.Tensor, lens: torch.Tensor, k: int = 20, item_chunk:
 
 
 def evaluate(model, split, ks: Iterable[int] = DEFAULT_KS, batch: int = 1024, exclude_history: bool = False,
-             device: str = "cpu", item_chunk: int | None = None) -> dict[str, float]:
-    ranks = rank_targets(model, split, batch, exclude_history, device, item_chunk)
+             device: str = "cpu", item_chunk: int | None = None, rows: np.ndarray | None = None) -> dict[str, float]:
+    ranks = rank_targets(model, split, batch, exclude_history, device, item_chunk, rows)
     sums = sum_metrics_from_ranks(ranks, ks)
     proto = protocol_name(exclude_history)
     n = max(len(ranks), 1)
