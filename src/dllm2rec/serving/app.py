@@ -1,14 +1,17 @@
 """FastAPI service over a ``Recommender`` (``dllm2rec serve`` runs it with uvicorn).
 
-    POST /recommend   {"history": [12, "Heat", 3], "k": 10, "exclude_history": true}        -> {ids, titles, scores}
-                      {"histories": [[12, 3], ["Heat"]], "k": 10}                           -> {results: [...]}
+    POST /recommend   {"history": [12, "Heat", 3], "k": 10, "exclude_history": true}  -> {ids, titles, scores, raw_ids}
+                      {"histories": [[12, 3], ["Heat"]], "k": 10}                     -> {results: [...]}
+                      {"history": ["1", 50], "id_type": "raw"}       (the dataset's own item ids, raw_ids.json)
+                      {"history": ["toy story 1995"], "title_match": "loose"}   (case/punctuation-insensitive)
     GET  /healthz     liveness + readiness
     GET  /metadata    model, dataset (+ fingerprint), metrics the checkpoint was selected with, backend
     GET  /docs        OpenAPI UI (/openapi.json)
 
 Every client error is a 4xx ``{"error": "<field>: <message>", "field": "<field>"}`` (never a 500, never a logged
 traceback, the connection stays usable): wrong types, malformed JSON (invalid UTF-8, ``NaN``/``Infinity``,
-integers over 4,300 digits, nesting too deep), unknown item id/title (also a huge integer), empty history, k outside 1..N → 422; a body over
+integers over 4,300 digits, nesting too deep), unknown item id/raw id/title (also a huge integer), an ambiguous
+title, ``id_type="raw"`` on a bundle without raw ids, empty history, k outside 1..N → 422; a body over
 ``max_body_bytes``, a batch over ``max_batch`` or a history over ``max_history_len`` → 413; a non-JSON content type
 → 415; more than ``max_concurrency`` requests in flight → 503 (with ``Retry-After``).
 
@@ -23,7 +26,7 @@ import json
 import logging
 import math
 from pathlib import Path
-from typing import Annotated, Any, Union
+from typing import Annotated, Any, Literal, Union
 
 import anyio
 from fastapi import FastAPI, Request
@@ -47,7 +50,10 @@ log = logging.getLogger("dllm2rec.serving")
 
 MAX_BODY_BYTES = 1 << 20
 
-Item = Annotated[Union[StrictInt, StrictStr], Field(description="an item id (integer) or an exact item title")]
+Item = Annotated[Union[StrictInt, StrictStr], Field(
+    description="an item: with id_type 'auto' an internal id (integer) or a title (string); 'internal': an integer "
+                "0..N-1; 'raw': one of the dataset's own item ids (string, or an integer meaning its decimal "
+                "string); 'title': a title (string)")]
 History = Annotated[list[Item], Field(min_length=1, description="items the user interacted with, oldest first")]
 
 
@@ -56,12 +62,22 @@ class RecommendRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={
         "examples": [{"history": [12, 7, 3], "k": 10, "exclude_history": True},
-                     {"histories": [[12, 7], [5]], "k": 5}]})
+                     {"histories": [[12, 7], [5]], "k": 5},
+                     {"history": ["1", "50", 181], "id_type": "raw", "k": 5},
+                     {"history": ["toy story 1995", "HEAT"], "id_type": "title", "title_match": "loose"}]})
 
     history: History | None = None
     histories: Annotated[list[History], Field(min_length=1)] | None = None
     k: Annotated[StrictInt, Field(gt=0, description="how many items to return (1..N)")] = 10
     exclude_history: StrictBool = Field(True, description="never recommend an item already in the history")
+    id_type: Literal["auto", "internal", "raw", "title"] = Field(
+        "auto", description="what the history items are: 'auto' (default: integer = internal id, string = title), "
+                            "'internal' (internal ids 0..N-1), 'raw' (the dataset's own item ids, e.g. MovieLens ids "
+                            "or ASINs; needs a bundle with raw ids, see GET /metadata 'raw_ids'), 'title'")
+    title_match: Literal["exact", "loose"] = Field(
+        "exact", description="'exact' (case-sensitive) or 'loose': an exact title still wins, else titles are "
+                             "compared casefolded, accents/apostrophes dropped, other punctuation as spaces, "
+                             "whitespace collapsed (a year such as '(1995)' is kept); several matches -> 422")
 
     @model_validator(mode="after")
     def _one_of(self) -> "RecommendRequest":
@@ -71,9 +87,11 @@ class RecommendRequest(BaseModel):
 
 
 class Recommendation(BaseModel):
-    ids: list[int]
-    titles: list[str]
-    scores: list[float]
+    ids: list[int] = Field(description="internal item ids (0..N-1), best first")
+    titles: list[str] = Field(description="their titles")
+    scores: list[float] = Field(description="their scores (higher is better)")
+    raw_ids: list[str | None] = Field(description="their ids in the dataset (e.g. MovieLens ids, ASINs); null "
+                                                     "entries when the bundle has no raw ids")
 
 
 class BatchRecommendation(BaseModel):
@@ -238,7 +256,7 @@ def _precheck(obj: Any, max_batch: int, max_history_len: int) -> None:
             if type(x) is not int and type(x) is not str:
                 got = _JSON_TYPE.get(type(x), "value")
                 raise ClientError(422, f"{field}[{j}]", f"{field}[{j}]: Input should be a valid integer or string "
-                                                        f"(an item id or title), got {got}")
+                                                        f"(an item id, raw id or title), got {got}")
 
     if isinstance(obj.get("history"), list):
         items(obj["history"], "history")
@@ -317,12 +335,14 @@ def create_app(bundle_or_recommender: str | Path | Recommender, backend: str = "
             if req.k > rec.n_items:
                 raise ClientError(422, "k", f"k: must be between 1 and the number of items ({rec.n_items}), "
                                             f"got {_short(req.k)}")
+            how = {"exclude_history": req.exclude_history, "id_type": req.id_type, "title_match": req.title_match}
             if req.history is not None:
-                r = rec.recommend_one(req.history, k=req.k, exclude_history=req.exclude_history)
+                r = rec.recommend_one(req.history, k=req.k, **how)
                 # a Response is sent as is (no second validation pass of our own output): lower latency
-                return JSONResponse({"ids": r.ids, "titles": r.titles, "scores": r.scores})
-            out = rec.recommend(req.histories, k=req.k, exclude_history=req.exclude_history)
-            return JSONResponse({"results": [{"ids": r.ids, "titles": r.titles, "scores": r.scores} for r in out]})
+                return JSONResponse({"ids": r.ids, "titles": r.titles, "scores": r.scores, "raw_ids": r.raw_ids})
+            out = rec.recommend(req.histories, k=req.k, **how)
+            return JSONResponse({"results": [{"ids": r.ids, "titles": r.titles, "scores": r.scores,
+                                              "raw_ids": r.raw_ids} for r in out]})
         except ClientError as e:
             return _error(e.status, e.field, str(e))
         except RequestError as e:

@@ -6,6 +6,8 @@ A bundle directory holds everything needed to answer requests, and nothing from 
       model.safetensors   student weights with every offset hook *folded* into plain tensors
       student.json        architecture (init kwargs) + meta; hooks = {} (so it is also a valid student checkpoint)
       items.json          item titles, index = item id (0..N-1)
+      raw_ids.json        optional: the dataset's own item ids (meta.item_raw_ids: MovieLens ids, ASINs, ...), as
+                          strings, index = item id; written when the dataset has them (older bundles lack it)
       model.onnx          optional: encoder+scorer, (seq [B, L], lens [B]) -> scores [B, N], dynamic batch axis
       manifest.json       format, model, dataset fingerprint, metrics it was selected with, folded hook specs,
                           ONNX parity, and the sha256 + size of every other file
@@ -47,6 +49,7 @@ WEIGHTS = "model.safetensors"
 STUDENT_JSON = "student.json"
 ITEMS = "items.json"
 ONNX_FILE = "model.onnx"
+RAW_IDS = "raw_ids.json"
 
 
 def sha256_hex(path: str | Path) -> str:
@@ -196,7 +199,11 @@ def export_bundle(source: str | Path, dataset: str | Path | Any, out: str | Path
         "config": _jsonable(meta.get("config")),
         "results": _jsonable(results) if isinstance(results, dict) else None,
         "onnx": None,
+        "raw_ids": None,
     }
+    raw_ids, why = dataset_raw_ids(ds)
+    if why:
+        manifest["raw_ids_skipped"] = why
     out = Path(out)
     with atomic_dir(out) as tmp:
         state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
@@ -206,6 +213,9 @@ def export_bundle(source: str | Path, dataset: str | Path | Any, out: str | Path
         (tmp / STUDENT_JSON).write_text(json.dumps({"student": kwargs, "hooks": {}, "meta": _jsonable(bundle_meta)},
                                                    indent=2), encoding="utf-8")
         (tmp / ITEMS).write_text(json.dumps(list(ds.titles), ensure_ascii=False), encoding="utf-8")
+        if raw_ids is not None:
+            (tmp / RAW_IDS).write_text(json.dumps(raw_ids, ensure_ascii=False), encoding="utf-8")
+            manifest["raw_ids"] = {"file": RAW_IDS, "count": len(raw_ids)}
         if onnx:
             from dllm2rec.serving.onnx_export import export_onnx, onnx_parity
 
@@ -217,6 +227,20 @@ def export_bundle(source: str | Path, dataset: str | Path | Any, out: str | Path
                              for p in sorted(tmp.iterdir()) if p.is_file()}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False), encoding="utf-8")
     return manifest
+
+
+def dataset_raw_ids(ds: Any) -> tuple[list[str] | None, str | None]:
+    """(the dataset's raw item ids as strings, None) or (None, why none are exported)."""
+    raw = (ds.meta or {}).get("item_raw_ids")
+    if raw is None:
+        return None, None
+    if not isinstance(raw, list) or len(raw) != ds.n_items:
+        n = len(raw) if isinstance(raw, list) else type(raw).__name__
+        return None, f"dataset meta.item_raw_ids has {n} entries for {ds.n_items} items; not exported"
+    raw = [str(r) for r in raw]
+    if len(set(raw)) != len(raw):
+        return None, "dataset meta.item_raw_ids has duplicate ids; not exported"
+    return raw, None
 
 
 # --------------------------------------------------------------------------------------------- reading
@@ -231,6 +255,12 @@ class OnnxRecord(BaseModel):
     file: StrictStr = ONNX_FILE
 
 
+class RawIdsRecord(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    file: StrictStr = RAW_IDS
+    count: Annotated[StrictInt, Field(ge=0)] | None = None
+
+
 class BundleManifest(BaseModel):
     """Schema of ``manifest.json``; unknown fields (provenance) are kept. ``files`` maps a path relative to the
     bundle directory (no absolute paths, no ``..``) to its sha256 and size."""
@@ -242,6 +272,7 @@ class BundleManifest(BaseModel):
     model: dict[str, Any] | None = None
     dataset: dict[str, Any] | None = None
     onnx: OnnxRecord | None = None
+    raw_ids: RawIdsRecord | None = None
 
     @field_validator("files")
     @classmethod
@@ -307,6 +338,9 @@ def _load_manifest(bundle: str | Path) -> tuple[Path, dict[str, Any]]:
     if m.get("onnx") is not None and m["onnx"].get("file", ONNX_FILE) not in m["files"]:
         raise ArtifactError(f"{mpath}: field 'files' does not list {m['onnx'].get('file', ONNX_FILE)} "
                             f"(named by field 'onnx')")
+    if m.get("raw_ids") is not None and m["raw_ids"].get("file", RAW_IDS) not in m["files"]:
+        raise ArtifactError(f"{mpath}: field 'files' does not list {m['raw_ids'].get('file', RAW_IDS)} "
+                            f"(named by field 'raw_ids')")
     return bundle, m
 
 

@@ -40,6 +40,12 @@ def export(
                           for k, v in keyed if "/" not in k or k.split("/")[-1].split("@")[0] in ("HR", "NDCG"))
         typer.echo(f"  selected on validation ({next(iter(mets)).split('/')[1] if '/' in next(iter(mets)) else ''}): "
                    f"{shown}")
+    if m.get("raw_ids"):
+        typer.echo(f"  raw item ids: {m['raw_ids']['file']} ({m['raw_ids']['count']:,} ids; requests may send "
+                   f"them with id_type=raw)")
+    else:
+        typer.echo(f"  raw item ids: none ({m.get('raw_ids_skipped') or 'the dataset has no meta.item_raw_ids'}); "
+                   f"requests use internal ids or titles")
     if m["onnx"]:
         typer.echo(f"  model.onnx: parity max |eager - onnxruntime| = {m['onnx']['parity_max_abs_diff']:.2e}")
     files = ", ".join(f"{n} ({r['bytes']:,} B)" for n, r in m["files"].items())

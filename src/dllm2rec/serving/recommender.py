@@ -1,10 +1,12 @@
 """``Recommender``: load a bundle and answer top-k requests in-process (the server is a thin layer over it).
 
     rec = Recommender.load("bundle/")          # backend="torch" | "torchscript" | "compile" | "onnx"
-    rec.recommend([[12, 7, 3], ["Toy Story", "Heat"]], k=10)  # -> [Recommendation(ids, titles, scores), ...]
+    rec.recommend([[12, 7, 3], ["Toy Story", "Heat"]], k=10)  # -> [Recommendation(ids, titles, scores, raw_ids)]
+    rec.recommend([["1", "50"]], id_type="raw")   # the dataset's own item ids (raw_ids.json in the bundle)
 
-Histories are item ids (ints) or titles (strings; mixed is fine). Longer than the student's ``max_len`` L: only
-the last L items are encoded, as in training. ``exclude_history`` removes every item of the (whole) given history
+Histories are item ids (ints) or titles (strings; mixed is fine) by default; ``id_type`` ("internal", "raw",
+"title") and ``title_match`` ("exact", "loose") are resolved by serving/lookup.py. Longer than the student's
+``max_len`` L: only the last L items are encoded, as in training. ``exclude_history`` removes every item of the (whole) given history
 from the candidates. Exact top-k over all N items by default; ``index="faiss"`` uses a faiss inner-product index
 over the same item matrix (optional, for large catalogues).
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import asdict, dataclass
+from dataclasses import field as _dc_field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -24,26 +27,13 @@ import numpy as np
 import torch
 
 from dllm2rec.errors import MissingDependencyError
+from dllm2rec.serving.lookup import ID_TYPES, TITLE_MATCHES, ItemLookup, RequestError, _short, check_mode
 from dllm2rec.students.base import SequentialStudent
+
+__all__ = ["BACKENDS", "ID_TYPES", "TITLE_MATCHES", "FaissIndex", "Recommendation", "Recommender", "RequestError"]
 
 BACKENDS = ("torch", "torchscript", "compile", "onnx")
 _NEG_INF = float("-inf")
-
-
-def _short(x: Any, limit: int = 60) -> str:
-    """``repr`` of a client-supplied value, cut to ``limit`` characters (a huge id stays one short line)."""
-    if isinstance(x, int) and abs(x) >= 1 << 63:
-        return f"{'-' if x < 0 else ''}<{abs(x).bit_length()}-bit integer>"
-    r = repr(x)
-    return r if len(r) <= limit else r[:limit] + "…"
-
-
-class RequestError(ValueError):
-    """A bad request; ``field`` names the offending input (e.g. ``histories[0][3]``, ``k``)."""
-
-    def __init__(self, field: str, message: str):
-        super().__init__(message)
-        self.field = field
 
 
 @dataclass
@@ -51,6 +41,7 @@ class Recommendation:
     ids: list[int]
     titles: list[str]
     scores: list[float]
+    raw_ids: list[str | None] = _dc_field(default_factory=list)  # the dataset's own ids; None: bundle has none
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -86,7 +77,8 @@ class FaissIndex:
 class Recommender:
     def __init__(self, model: SequentialStudent, titles: Sequence[str], manifest: dict[str, Any] | None = None,
                  backend: str = "torch", max_batch: int = 1024, threads: int | None = None,
-                 onnx_model: bytes | str | Path | None = None, index: str = "exact", faiss_kind: str = "flat"):
+                 onnx_model: bytes | str | Path | None = None, index: str = "exact", faiss_kind: str = "flat",
+                 raw_ids: Sequence[str] | None = None):
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
         if model.input_offset is not None or model.output_offset is not None:
@@ -107,11 +99,10 @@ class Recommender:
         self.max_batch = max(1, min(int(max_batch), (1 << 26) // max(self.n_items, 1)))
         if len(titles) != self.n_items:
             raise ValueError(f"titles has {len(titles)} entries but the student scores {self.n_items} items")
-        self.titles = list(titles)
-        t2i: dict[str, int] = {}
-        for i, t in enumerate(self.titles):
-            t2i[t] = -1 if t in t2i else i  # -1 marks an ambiguous title (several ids)
-        self._title_to_id = t2i
+        self.lookup = ItemLookup(titles, raw_ids)  # ValueError: raw_ids of the wrong length or not unique
+        self.titles = self.lookup.titles
+        self.raw_ids = self.lookup.raw_ids  # the dataset's own item ids (index = internal id), or None
+        self._title_to_id = self.lookup.title_to_id
         self._lock = threading.Lock()
 
         # cached folded item matrix (output side) + preallocated buffers
@@ -154,8 +145,11 @@ class Recommender:
     @classmethod
     def load(cls, bundle: str | Path, backend: str = "torch", verify: bool = True, **kwargs: Any) -> "Recommender":
         from dllm2rec.serving.bundle import load_bundle, read_onnx
+        from dllm2rec.serving.raw_ids import read_raw_ids
 
         model, titles, manifest = load_bundle(bundle, verify=verify)
+        if "raw_ids" not in kwargs:  # raw_ids.json when the manifest lists it (hash-checked), else None
+            kwargs["raw_ids"] = read_raw_ids(bundle, manifest, model.n_items, verify=verify)
         if backend == "onnx" and "onnx_model" not in kwargs:
             # only a model.onnx the manifest lists, from the bytes whose sha256 was checked; none: export in-process
             kwargs["onnx_model"] = read_onnx(bundle, manifest, verify=verify)
@@ -175,42 +169,43 @@ class Recommender:
             "index": "faiss" if self.index is not None else "exact",
             "n_items": self.n_items,
             "max_len": self.max_len,
+            "raw_ids": self.raw_ids is not None,
+            "id_types": list(ID_TYPES) if self.raw_ids is not None else [t for t in ID_TYPES if t != "raw"],
         }
 
     # ------------------------------------------------------------------------------------------- input
-    def item_id(self, x: Any, field: str = "item") -> int:
-        """An item id or title -> id; RequestError naming ``field`` and the item otherwise."""
-        t = type(x)
-        if t is int or (isinstance(x, (int, np.integer)) and t is not bool and not isinstance(x, np.bool_)):
-            x = int(x)
-            if 0 <= x < self.n_items:
-                return x
-            raise RequestError(field, f"{field}: unknown item id {_short(x)} (valid ids are 0..{self.n_items - 1})")
-        if t is str:
-            i = self._title_to_id.get(x)
-            if i is None:
-                hint = "; item ids must be given as integers, not strings" if x.strip().lstrip("-").isdigit() else ""
-                raise RequestError(field, f"{field}: unknown item title {_short(x)}{hint}")
-            if i < 0:
-                ids = [j for j, tt in enumerate(self.titles) if tt == x]
-                raise RequestError(field, f"{field}: item title {x!r} is ambiguous (ids {ids}); pass the id")
-            return i
-        raise RequestError(field, f"{field}: expected an item id (int) or title (str), got {t.__name__} {_short(x)}")
+    def item_id(self, x: Any, field: str = "item", id_type: str = "auto", title_match: str = "exact") -> int:
+        """A request item -> internal id; RequestError naming ``field`` and the item otherwise.
 
-    def parse_history(self, history: Any, field: str = "history") -> list[int]:
+        ``id_type``: ``"auto"`` (int = internal id, str = title), ``"internal"``, ``"raw"`` (the dataset's own
+        ids, str or int) or ``"title"``; ``title_match``: ``"exact"`` or ``"loose"`` (see serving/lookup.py)."""
+        check_mode(id_type, title_match, self.raw_ids is not None)
+        return self.lookup.resolve(x, field, id_type, title_match)
+
+    def parse_history(self, history: Any, field: str = "history", id_type: str = "auto",
+                      title_match: str = "exact") -> list[int]:
+        check_mode(id_type, title_match, self.raw_ids is not None)
         if isinstance(history, (np.ndarray, torch.Tensor)):
             history = history.tolist()
         if isinstance(history, (str, bytes)) or not isinstance(history, (list, tuple)):
             raise RequestError(field, f"{field}: expected a list of item ids or titles, got {type(history).__name__}")
         if not history:
             raise RequestError(field, f"{field}: history is empty (need at least one item)")
-        N = self.n_items
+        resolve = self.lookup.resolve
         out = []
+        if id_type == "raw":
+            raw = self.lookup.raw_to_id
+            for j, x in enumerate(history):
+                i = raw.get(x) if type(x) is str else None  # fast path
+                out.append(i if i is not None else resolve(x, f"{field}[{j}]", id_type, title_match))
+            return out
+        N = self.n_items
+        ints_ok = id_type != "title"
         for j, x in enumerate(history):
-            if type(x) is int and 0 <= x < N:  # fast path
+            if ints_ok and type(x) is int and 0 <= x < N:  # fast path
                 out.append(x)
             else:
-                out.append(self.item_id(x, f"{field}[{j}]"))
+                out.append(resolve(x, f"{field}[{j}]", id_type, title_match))
         return out
 
     def _check_k(self, k: Any) -> int:
@@ -248,9 +243,9 @@ class Recommender:
             self._scores = torch.empty(B, self.n_items, dtype=self.weight.dtype)
         return torch.addmm(self.bias, h, self._weight_t, out=self._scores[:B])
 
-    def scores(self, histories: Iterable[Any]) -> torch.Tensor:
+    def scores(self, histories: Iterable[Any], id_type: str = "auto", title_match: str = "exact") -> torch.Tensor:
         """Raw scores [B, N] (a copy) for a batch of histories (no exclusion)."""
-        rows = [self.parse_history(h, f"histories[{i}]") for i, h in enumerate(histories)]
+        rows = [self.parse_history(h, f"histories[{i}]", id_type, title_match) for i, h in enumerate(histories)]
         outs = []
         with self._lock, torch.inference_mode():
             for s in range(0, len(rows), self.max_batch):
@@ -260,7 +255,7 @@ class Recommender:
 
     def _topk(self, rows: list[list[int]], k: int, exclude: bool) -> list[Recommendation]:
         res: list[Recommendation] = []
-        titles = self.titles
+        titles, raw_of = self.titles, self.lookup.raw_of
         with self._lock, torch.inference_mode():
             for s in range(0, len(rows), self.max_batch):
                 e = min(s + self.max_batch, len(rows))
@@ -282,7 +277,7 @@ class Recommender:
                     if exclude and vr and vr[-1] == _NEG_INF:  # fewer than k candidates left
                         n = next(j for j, x in enumerate(vr) if x == _NEG_INF)
                         vr, ir = vr[:n], ir[:n]
-                    res.append(Recommendation(ir, [titles[j] for j in ir], vr))
+                    res.append(Recommendation(ir, [titles[j] for j in ir], vr, raw_of(ir)))
         return res
 
     def _faiss_topk(self, rows: list[list[int]], B: int, k: int, exclude: bool):
@@ -299,19 +294,26 @@ class Recommender:
         return vals, idx
 
     # ------------------------------------------------------------------------------------------- public API
-    def recommend(self, histories: Iterable[Any], k: int = 10, exclude_history: bool = True) -> list[Recommendation]:
-        """Top-k for each history in the batch (ids and/or titles) -> one Recommendation per history."""
+    def recommend(self, histories: Iterable[Any], k: int = 10, exclude_history: bool = True,
+                  id_type: str = "auto", title_match: str = "exact") -> list[Recommendation]:
+        """Top-k for each history in the batch -> one Recommendation (ids, titles, scores, raw_ids) per history.
+
+        ``id_type`` says what the history items are: ``"auto"`` (default: int = internal id, str = exact title),
+        ``"internal"``, ``"raw"`` (the dataset's own item ids; needs a bundle with raw ids) or ``"title"``;
+        ``title_match="loose"`` compares titles case- and punctuation-insensitively (see serving/lookup.py)."""
         k = self._check_k(k)
         if isinstance(histories, (str, bytes)) or not isinstance(histories, (list, tuple, np.ndarray, torch.Tensor)):
             raise RequestError("histories", f"histories: expected a list of histories, got {type(histories).__name__}")
-        rows = [self.parse_history(h, f"histories[{i}]") for i, h in enumerate(histories)]
+        check_mode(id_type, title_match, self.raw_ids is not None)
+        rows = [self.parse_history(h, f"histories[{i}]", id_type, title_match) for i, h in enumerate(histories)]
         if not rows:
             return []
         return self._topk(rows, k, bool(exclude_history))
 
-    def recommend_one(self, history: Any, k: int = 10, exclude_history: bool = True) -> Recommendation:
+    def recommend_one(self, history: Any, k: int = 10, exclude_history: bool = True, id_type: str = "auto",
+                      title_match: str = "exact") -> Recommendation:
         k = self._check_k(k)
-        return self._topk([self.parse_history(history, "history")], k, bool(exclude_history))[0]
+        return self._topk([self.parse_history(history, "history", id_type, title_match)], k, bool(exclude_history))[0]
 
 
 def _torchscript(model: SequentialStudent):
