@@ -121,3 +121,47 @@ def test_export_pad_to_4096_for_the_official_script(tmp_path):
     assert not list((tmp_path / "off").glob(".*.tmp"))
     with pytest.raises(ArtifactError, match="below the teacher's embedding width"):
         export_official(art, tmp_path / "off2", pad_to=8)
+
+
+def test_official_import_refuses_bad_values_naming_line_and_column(tmp_path):
+    """One bad id is an error (it silently made the row 'unanswered'); only an all -1 row means not covered."""
+    import numpy as np
+    import pytest
+
+    from dllm2rec.data.synthetic import make_synthetic
+    from dllm2rec.errors import ArtifactError
+    from dllm2rec.teachers.controls import make_control
+    from dllm2rec.teachers.official_io import CONF_FILE, RANK_FILE
+
+    ds = make_synthetic(n_items=30, n_users=20, seq_len=8, seed=0)
+    src = export_official(make_control("random:8", ds, seed=0), tmp_path / "off")
+    good_rank = (src / RANK_FILE).read_text().splitlines()
+    good_conf = (src / CONF_FILE).read_text().splitlines()
+
+    def with_line(fname, lines, i, text):
+        new = list(lines)
+        new[i] = text
+        (src / fname).write_text("\n".join(new) + "\n")
+
+    n = len(good_rank[0].split())
+    for bad_id in ("-5", "30", "999999"):
+        with_line(RANK_FILE, good_rank, 2, " ".join([bad_id] + good_rank[2].split()[1:]))
+        with pytest.raises(ArtifactError, match=r"line 3, column 1: item id"):
+            import_official(src, ds)
+    with_line(RANK_FILE, good_rank, 2, " ".join(["-1"] * n))          # the explicit marker: not covered
+    art = import_official(src, ds)
+    assert not art.covered[2] and art.covered.sum() == len(good_rank) - 1
+    (src / RANK_FILE).write_text("\n".join(good_rank) + "\n")
+    with_line(CONF_FILE, good_conf, 1, " ".join(["-1e30"] + good_conf[1].split()[1:]))
+    with pytest.raises(ArtifactError, match=r"line 2, column 1: distance"):
+        import_official(src, ds)
+    (src / CONF_FILE).write_bytes(b"\xff\xfe" + "\n".join(good_conf).encode())
+    with pytest.raises(ArtifactError, match="not UTF-8"):
+        import_official(src, ds)
+    (src / CONF_FILE).write_text("\n".join(good_conf) + "\n")
+    import torch
+
+    torch.save(torch.zeros(30, 0), src / "all_embeddings.pt")
+    with pytest.raises(ArtifactError, match="N, D >= 1"):
+        import_official(src, ds)
+    assert np.isfinite(art.topk_dist[art.covered]).all()

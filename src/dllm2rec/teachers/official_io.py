@@ -25,9 +25,13 @@ EMB_FILE, RANK_FILE, CONF_FILE = "all_embeddings.pt", "myrank_train.txt", "confi
 def _read_matrix(path: Path, dtype, n_rows: int | None) -> tuple[np.ndarray, np.ndarray]:
     """Whitespace-separated rows -> ([R, n] array, [R] bool non-empty); ragged rows are an error."""
     rows: list[list[str]] = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            rows.append(line.split())
+    try:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                rows.append(line.split())
+    except UnicodeDecodeError as e:
+        raise ArtifactError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); expected whitespace-separated "
+                            "numbers, one line per training row") from None
     while rows and not rows[-1]:
         rows.pop()
     first = next((r for r in rows if r), None)
@@ -63,8 +67,8 @@ def load_embeddings(path: Path) -> np.ndarray:
     obj = untrusted.torch_load(path, allow=False)
     if isinstance(obj, dict) and len(obj) == 1:
         obj = next(iter(obj.values()))
-    if not isinstance(obj, torch.Tensor) or obj.dim() != 2:
-        raise ArtifactError(f"{path}: expected one 2-D tensor [N, D], got {type(obj).__name__}"
+    if not isinstance(obj, torch.Tensor) or obj.dim() != 2 or 0 in obj.shape:
+        raise ArtifactError(f"{path}: expected one 2-D tensor [N, D] with N, D >= 1, got {type(obj).__name__}"
                             + (f" of shape {tuple(obj.shape)}" if isinstance(obj, torch.Tensor) else ""))
     return obj.detach().to(torch.float32).numpy()
 
@@ -82,7 +86,22 @@ def import_official(src: str | Path, dataset, top_n: int | None = None, teacher:
     dist, present_d = _read_matrix(src / CONF_FILE, np.float32, R)
     if dist.shape != ids.shape:
         raise ArtifactError(f"{src / CONF_FILE}: shape {dist.shape} does not match {RANK_FILE} {ids.shape}")
-    covered = present & present_d & (ids >= 0).all(axis=1)
+    # "not covered" only by an explicit marker: an empty line or a row of -1 ids (what `export --allow-partial`
+    # writes). One bad id in an answered row is an error naming it, never a silently dropped row.
+    marker = ~present | (ids == -1).all(axis=1)
+    n_items = emb.shape[0]
+    bad = ~marker[:, None] & ((ids < 0) | (ids >= n_items))
+    if bad.any():
+        r, c = (int(x) for x in np.argwhere(bad)[0])
+        raise ArtifactError(f"{src / RANK_FILE}: line {r + 1}, column {c + 1}: item id {int(ids[r, c])} is outside "
+                            f"0..{n_items - 1} (the embeddings' rows); a row of all -1 marks a row as unanswered")
+    covered = ~marker & present_d
+    d_cov = dist[covered]
+    if d_cov.size and (~np.isfinite(d_cov) | (d_cov < 0)).any():
+        r = int(np.flatnonzero(covered)[np.argmax((~np.isfinite(d_cov) | (d_cov < 0)).any(1))])
+        c = int(np.argmax(~np.isfinite(dist[r]) | (dist[r] < 0)))
+        raise ArtifactError(f"{src / CONF_FILE}: line {r + 1}, column {c + 1}: distance {dist[r, c]!r} must be a "
+                            "finite number >= 0 (the official file holds L2 distances)")
     if top_n is not None:
         ids, dist = ids[:, :top_n], dist[:, :top_n]
     art = TeacherArtifacts.from_rankings(
