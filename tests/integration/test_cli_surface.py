@@ -50,3 +50,27 @@ def test_default_threads_leave_busy_cores_alone():
         assert threads.default_threads(load=0.0, cores=64) == threads.MAX_DEFAULT_THREADS
     finally:
         os.environ.update(saved)
+
+
+def test_one_naming_scheme():
+    """-o is --set wherever it exists; every dataset option is spelled --data (alias --dataset)."""
+    import click
+    import typer.main
+
+    root = typer.main.get_command(app)
+
+    def walk(cmd, path):
+        if isinstance(cmd, click.Group):
+            for name, sub in cmd.commands.items():
+                yield from walk(sub, path + [name])
+        else:
+            yield path, cmd
+
+    for path, cmd in walk(root, []):
+        for p in cmd.params:
+            if not isinstance(p, click.Option):
+                continue
+            if "-o" in p.opts:
+                assert "--set" in p.opts, (path, p.opts)
+            if "--dataset" in p.opts:
+                assert "--data" in p.opts, (path, p.opts)

@@ -57,11 +57,11 @@ def test_export_errors_are_user_errors(tmp_path, run_and_data):
     other = SeqDataset("other", N, L, [f"x{i}" for i in range(N)],
                        {"train": make_split([[1]], [2], N, L)})
     other.save(tmp_path / "other")
-    r = runner.invoke(app, ["export", str(run), "-d", str(tmp_path / "other"), "-o", str(tmp_path / "b")])
+    r = runner.invoke(app, ["export", str(run), "-d", str(tmp_path / "other"), "--out", str(tmp_path / "b")])
     assert r.exit_code != 0 and isinstance(r.exception, DataError)
     assert "dataset_fingerprint" in str(r.exception)
     assert not (tmp_path / "b").exists()
-    r = runner.invoke(app, ["export", str(run), "-d", str(data), "-o", str(tmp_path / "b"), "--which", "worst"])
+    r = runner.invoke(app, ["export", str(run), "-d", str(data), "--out", str(tmp_path / "b"), "--which", "worst"])
     assert r.exit_code != 0 and "--which" in str(r.exception)
 
 
@@ -70,7 +70,7 @@ def test_serve_builds_the_app(tmp_path, run_and_data, monkeypatch):
     from fastapi.testclient import TestClient
 
     run, data = run_and_data
-    assert runner.invoke(app, ["export", str(run), "-d", str(data), "-o", str(tmp_path / "bundle")]).exit_code == 0
+    assert runner.invoke(app, ["export", str(run), "-d", str(data), "--out", str(tmp_path / "bundle")]).exit_code == 0
     seen = {}
     monkeypatch.setattr(uvicorn, "run", lambda a, **kw: seen.update(app=a, **kw))
     r = runner.invoke(app, ["serve", str(tmp_path / "bundle"), "--port", "8123", "--max-batch", "2"])

@@ -92,7 +92,7 @@ def test_export_writes_listed_and_hashed_raw_ids(built):
 def test_export_from_a_prepared_dataset_dir_keeps_raw_ids(built, tmp_path):
     _dataset().save(tmp_path / "data")  # meta.item_raw_ids survives save/load
     r = CliRunner().invoke(cli_app, ["export", str(built / "run"), "-d", str(tmp_path / "data"),
-                                     "-o", str(tmp_path / "b")])
+                                     "--out", str(tmp_path / "b")])
     assert r.exit_code == 0, r.output
     assert f"raw item ids: raw_ids.json ({N} ids" in r.output and "raw_ids.json (" in r.output
     assert Recommender.load(tmp_path / "b").raw_ids == RAW

@@ -11,10 +11,10 @@ from dllm2rec.errors import Dllm2recError, MissingDependencyError
 
 def export(
     source: Path = typer.Argument(..., help="Run directory (uses best/, else last/) or a checkpoint directory."),
-    dataset: Optional[str] = typer.Option(None, "--dataset", "-d",
+    dataset: Optional[str] = typer.Option(None, "--data", "--dataset", "-d",
                                           help="Prepared dataset dir or preset the model was trained on (titles); "
                                                "default: the one recorded in the checkpoint's config."),
-    out: Path = typer.Option(..., "--out", "-o", help="Bundle directory to write (replaced atomically)."),
+    out: Path = typer.Option(..., "--out", help="Bundle directory to write (replaced atomically)."),
     onnx: bool = typer.Option(False, "--onnx", help="Also export model.onnx (encoder+scorer) and check parity."),
     which: str = typer.Option("best", "--which", help="For a run directory: best or last checkpoint."),
     verify_dataset: bool = typer.Option(True, "--verify-dataset/--no-verify-dataset",

@@ -30,7 +30,7 @@ def _load_dataset(path: Path):
 def register(app: typer.Typer) -> None:
     @app.command()
     def finetune(
-        dataset: Path = typer.Option(..., help="Prepared dataset directory."),
+        dataset: Path = typer.Option(..., "--data", "--dataset", help="Prepared dataset directory or preset."),
         out: Path = typer.Option(..., help="Output directory (adapter/ or model/ with --full, last/, log.jsonl)."),
         model: str = typer.Option("smollm2-135m", help="Local HF dir, .gguf file, or alias smollm2-135m."),
         domain: Optional[str] = typer.Option(None, help="Prompt domain (games|movies|music|generic); default: dataset meta."),
@@ -81,7 +81,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def generate(
-        dataset: Path = typer.Option(..., help="Prepared dataset directory."),
+        dataset: Path = typer.Option(..., "--data", "--dataset", help="Prepared dataset directory or preset."),
         out: Path = typer.Option(..., help="Generation directory (plan.json + shard-*.json); reruns resume."),
         model: str = typer.Option("smollm2-135m", help="Local HF dir, .gguf file, or alias smollm2-135m."),
         adapter: Optional[Path] = typer.Option(None, help="LoRA adapter dir (finetune's OUT/adapter)."),
@@ -151,7 +151,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def ground(
-        dataset: Path = typer.Option(..., help="Prepared dataset directory."),
+        dataset: Path = typer.Option(..., "--data", "--dataset", help="Prepared dataset directory or preset."),
         gen: Path = typer.Option(..., help="Generation directory of the TRAIN split."),
         out: Path = typer.Option(..., help="Teacher-artifacts directory to write."),
         model: str = typer.Option("smollm2-135m", help="Base model (no LoRA) for the llm encoder."),
@@ -203,7 +203,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def evaluate(
-        dataset: Path = typer.Option(..., help="Prepared dataset directory."),
+        dataset: Path = typer.Option(..., "--data", "--dataset", help="Prepared dataset directory or preset."),
         gen: Path = typer.Option(..., help="Generation directory of a valid/test split."),
         model: str = typer.Option("smollm2-135m", help="Base model for the llm encoder."),
         encoder: str = typer.Option("llm", help="llm | minilm."),

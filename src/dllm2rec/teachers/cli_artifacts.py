@@ -19,7 +19,7 @@ def register(app: typer.Typer) -> None:
     def import_cmd(
         source: Path = typer.Argument(..., help="Directory with all_embeddings.pt, myrank_train.txt, "
                                                 "confidence_train.txt (the official DLLM2Rec teacher files)."),
-        dataset: str = typer.Option(..., "--dataset", help="Prepared dataset directory or preset the files "
+        dataset: str = typer.Option(..., "--data", "--dataset", help="Prepared dataset directory or preset the files "
                                                             "were made for (rows = its training rows, in order)."),
         out: Path = typer.Option(..., "--out", help="Output teacher-artifacts directory."),
         top_n: Optional[int] = typer.Option(None, "--top-n", min=1, help="Keep only the first n ranked items."),
@@ -38,7 +38,7 @@ def register(app: typer.Typer) -> None:
     def export_cmd(
         artifacts: Path = typer.Argument(..., help="Teacher-artifacts directory."),
         out: Path = typer.Option(..., "--out", help="Directory for the three official files."),
-        dataset: Optional[str] = typer.Option(None, "--dataset", help="Validate against this dataset first."),
+        dataset: Optional[str] = typer.Option(None, "--data", "--dataset", help="Validate against this dataset first."),
         allow_partial: bool = typer.Option(False, "--allow-partial",
                                            help="Write unanswered rows as -1/nan (the official script cannot read them)."),
         pad_to: Optional[int] = typer.Option(None, "--pad-to",
@@ -56,7 +56,7 @@ def register(app: typer.Typer) -> None:
     @app.command("validate")
     def validate_cmd(
         artifacts: Path = typer.Argument(..., help="Teacher-artifacts directory."),
-        dataset: str = typer.Option(..., "--dataset", help="Prepared dataset directory or preset."),
+        dataset: str = typer.Option(..., "--data", "--dataset", help="Prepared dataset directory or preset."),
     ) -> None:
         """Check artifacts against a dataset (rows, ids, NaN/inf, duplicates, dataset hash); exit 2 on a mismatch."""
         from dllm2rec.teachers.artifacts import TeacherArtifacts
@@ -69,7 +69,7 @@ def register(app: typer.Typer) -> None:
     @app.command("stats")
     def stats_cmd(
         artifacts: Path = typer.Argument(..., help="Teacher-artifacts directory."),
-        dataset: Optional[str] = typer.Option(None, "--dataset",
+        dataset: Optional[str] = typer.Option(None, "--data", "--dataset",
                                               help="Also report the teacher's HR@n/HR@10 on the training rows."),
     ) -> None:
         """Shapes, coverage, distance range; with --dataset, how often the true target is in the teacher's list."""
