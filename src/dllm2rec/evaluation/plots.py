@@ -27,33 +27,49 @@ def _panel_grid(groups: list[Group], height: float):
     return plt, panels, fig, axes
 
 
+def _mean_per_epoch(runs, key_of) -> dict[int, float]:
+    per_epoch: dict[int, list[float]] = {}
+    for r in runs:
+        for rec in r.log:
+            k = key_of(rec)
+            if k and k in rec:
+                per_epoch.setdefault(int(rec["epoch"]), []).append(float(rec[k]))
+    return {e: sum(v) / len(v) for e, v in sorted(per_epoch.items())}
+
+
 def plot_curves(groups: list[Group], path: str | Path, metric: str = "NDCG@20") -> Path:
-    """Validation ``metric`` per epoch, one line per method (mean over the seeds that reached that epoch)."""
+    """Validation ``metric`` per epoch, one line per method (mean over the seeds that reached that epoch), each
+    run's selected epoch marked (★), and the training loss (thin lines, right axis)."""
     plt, panels, fig, axes = _panel_grid(groups, height=3.8)
     for ax, (ds, st) in zip(axes.flat, panels):
+        loss_ax = ax.twinx()
         for g in [g for g in groups if (g.dataset, g.student) == (ds, st)]:
-            key = None
-            per_epoch: dict[int, list[float]] = {}
-            for r in g.runs:
-                for rec in r.log:
-                    if key is None:
-                        key = next((k for k in rec if k.startswith("valid/") and k.endswith("/" + metric)), None)
-                    if key and key in rec:
-                        per_epoch.setdefault(int(rec["epoch"]), []).append(float(rec[key]))
-            if not per_epoch:
+            vkey = next((k for r in g.runs for rec in r.log for k in rec
+                         if k.startswith("valid/") and k.endswith("/" + metric)), None)
+            curve = _mean_per_epoch(g.runs, lambda rec: vkey)
+            if not curve:
                 continue
-            xs = sorted(per_epoch)
-            ys = [sum(per_epoch[x]) / len(per_epoch[x]) for x in xs]
             style = "--" if g.label == CONTROL_LABEL else ":" if g.label == "none" else "-"
-            ax.plot(xs, ys, style, label=f"{g.label} (n={g.n})", linewidth=1.6)
+            (line,) = ax.plot(list(curve), list(curve.values()), style, label=f"{g.label} (n={g.n})", linewidth=1.6)
+            sel = [(r.best_epoch, float(rec[vkey])) for r in g.runs for rec in r.log
+                   if int(rec.get("epoch", -1)) == r.best_epoch and vkey in rec]
+            if sel:
+                ax.scatter(*zip(*sel), marker="*", s=70, color=line.get_color(), zorder=3, edgecolors="black",
+                           linewidths=0.4)
+            loss = _mean_per_epoch(g.runs, lambda rec: "train/loss")
+            if loss:
+                loss_ax.plot(list(loss), list(loss.values()), style, color=line.get_color(), linewidth=0.8,
+                             alpha=0.45)
         ax.set_title(f"{ds} · {st}")
         ax.set_xlabel("epoch")
-        ax.set_ylabel(f"valid {metric}")
+        ax.set_ylabel(f"valid {metric} (★ selected epoch)")
+        loss_ax.set_ylabel("train loss (thin)", fontsize=8)
+        loss_ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
-    fig.suptitle(f"Training curves: validation {metric} (mean over seeds)", fontsize=10)
+    fig.suptitle(f"Training curves: validation {metric} and training loss (mean over seeds)", fontsize=10)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
