@@ -61,7 +61,7 @@ def register(app: typer.Typer) -> None:
         autocast: Optional[str] = typer.Option(None, help="Mixed precision: bfloat16 | float16 (float32 weights)."),
         max_seconds: Optional[float] = typer.Option(None, help="Time budget: stop (evaluate, save) after N s."),
     ) -> None:
-        """LoRA SFT (or --full fine-tuning) on BIGRec prompts (paper-spec §2.2)."""
+        """LoRA SFT (or --full fine-tuning) on BIGRec prompts (docs/teacher.md)."""
         from dllm2rec.teachers.bigrec.finetune import FinetuneConfig
         from dllm2rec.teachers.bigrec.finetune import finetune as run
         from dllm2rec.teachers.bigrec.prompts import dataset_domain
@@ -111,7 +111,7 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option("cpu", help="cpu | cuda | auto (hf backend)."),
         threads: Optional[int] = typer.Option(None),
     ) -> None:
-        """Beam generation for one split, sharded and resumable (paper-spec §2.3)."""
+        """Beam generation for one split, sharded and resumable (docs/teacher.md)."""
         from dllm2rec.errors import ConfigError
         from dllm2rec.teachers.bigrec.generate import (
             GenConfig,
@@ -163,7 +163,7 @@ def register(app: typer.Typer) -> None:
         batch_size: int = typer.Option(32),
         threads: Optional[int] = typer.Option(None),
     ) -> None:
-        """Ground train generations and write validated TeacherArtifacts (paper-spec §2.4)."""
+        """Ground train generations and write validated TeacherArtifacts (docs/teacher.md)."""
         from dllm2rec.errors import ConfigError
         from dllm2rec.teachers.bigrec.generate import load_plan
         from dllm2rec.teachers.bigrec.ground import build_artifacts, ground_generation

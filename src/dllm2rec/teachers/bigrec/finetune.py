@@ -1,4 +1,4 @@
-"""LoRA (default) or full SFT of a causal LM on BIGRec prompts (paper-spec §2.2), a small explicit loop robust on CPU.
+"""LoRA (default) or full SFT of a causal LM on BIGRec prompts (docs/teacher.md), a small explicit loop robust on CPU.
 
 Defaults follow BIGRec: LoRA r 8, α 16, dropout 0.05 on q/v projections, a seeded sample of 1,024 training rows,
 AdamW, linear warmup (20 steps) then linear decay, early stopping on validation LM loss (patience 5 evaluations).

@@ -1,4 +1,4 @@
-"""BIGRec grounding (paper-spec §2.4): map generated text to catalogue items by L2 distance of embeddings.
+"""BIGRec grounding (docs/teacher.md): map generated text to catalogue items by L2 distance of embeddings.
 
 Encoders (``encoder=``):
 - ``llm`` (BIGRec): the BASE model without LoRA; embedding = last layer's hidden state at the last real token

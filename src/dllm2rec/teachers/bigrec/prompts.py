@@ -1,4 +1,4 @@
-"""BIGRec's Alpaca prompts (paper-spec §2.1), one instruction/input pair per domain.
+"""BIGRec's Alpaca prompts (docs/teacher.md), one instruction/input pair per domain.
 
 Games and movies are BIGRec's own strings; music (LastFM artists) and generic follow the same pattern. Titles are
 double-quoted and joined by ``", "``; there is no space after the colon and the input ends with ``"\\n "`` exactly as
