@@ -19,7 +19,7 @@ from typing import Iterable
 import numpy as np
 
 from dllm2rec.errors import DataError
-from dllm2rec.utils.io import atomic_dir, atomic_write_text
+from dllm2rec.utils.io import atomic_dir, atomic_write_text, read_json
 
 SPLITS = ("train", "valid", "test")
 FORMAT_VERSION = 1
@@ -235,12 +235,7 @@ class SeqDataset:
     def load(cls, path: str | Path, verify: bool = True) -> "SeqDataset":
         path = Path(path)
         mpath = path / "manifest.json"
-        if not mpath.is_file():
-            raise DataError(f"{mpath}: missing (not a prepared dllm2rec dataset; run `dllm2rec data prepare`)")
-        try:
-            manifest = json.loads(mpath.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise DataError(f"{mpath}: malformed JSON ({e.msg} at line {e.lineno})") from None
+        manifest = read_json(mpath, DataError, "missing (not a prepared dllm2rec dataset; run `dllm2rec data prepare`)")
         if manifest.get("format") != "dllm2rec-dataset":
             raise DataError(f"{mpath}: field 'format' is {manifest.get('format')!r}, expected 'dllm2rec-dataset'")
         ipath = path / "items.json"

@@ -27,6 +27,19 @@ def _panel_grid(groups: list[Group], height: float):
     return plt, panels, fig, axes
 
 
+def _finish(plt, fig, axes, n_panels: int, path: str | Path, title: str) -> Path:
+    """Blank the unused panels, title, save (dpi 110), close."""
+    for ax in list(axes.flat)[n_panels:]:
+        ax.axis("off")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def _mean_per_epoch(runs, key_of) -> dict[int, float]:
     per_epoch: dict[int, list[float]] = {}
     for r in runs:
@@ -67,15 +80,8 @@ def plot_curves(groups: list[Group], path: str | Path, metric: str = "NDCG@20") 
         loss_ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    for ax in list(axes.flat)[len(panels):]:
-        ax.axis("off")
-    fig.suptitle(f"Training curves: validation {metric} and training loss (mean over seeds)", fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _finish(plt, fig, axes, len(panels), path,
+                   f"Training curves: validation {metric} and training loss (mean over seeds)")
 
 
 def plot_bars(groups: list[Group], path: str | Path, metric: str = "NDCG@20",
@@ -106,13 +112,5 @@ def plot_bars(groups: list[Group], path: str | Path, metric: str = "NDCG@20",
         ax.set_title(f"{ds} · {st}")
         ax.set_ylabel(f"test {metric}")
         ax.grid(axis="y", alpha=0.3)
-    for ax in list(axes.flat)[len(panels):]:
-        ax.axis("off")
-    fig.suptitle(f"Test {metric}: student vs distilled vs teacher\n"
-                 "(valid-selected epoch; error bars: 95% CI over seeds)", fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _finish(plt, fig, axes, len(panels), path, f"Test {metric}: student vs distilled vs teacher\n"
+                   "(valid-selected epoch; error bars: 95% CI over seeds)")

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from dllm2rec.errors import Dllm2recError
+from dllm2rec.utils.io import read_json
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -111,12 +112,7 @@ def load_teacher_metrics(path: str | Path | None, datasets: Iterable[str] = ()) 
         except json.JSONDecodeError:
             name = None
         return {str(name or (ds[0] if len(ds) == 1 else "teacher")): flat}
-    if not p.is_file():
-        raise Dllm2recError(f"{p}: teacher metrics file not found")
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise Dllm2recError(f"{p}: malformed JSON ({e})") from None
+    data = read_json(p, Dllm2recError, "teacher metrics file not found")
     if not isinstance(data, dict):
         raise Dllm2recError(f"{p}: top level must be an object")
     if "metrics" in data and isinstance(data["metrics"], dict):

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from dllm2rec.errors import ArtifactError
-from dllm2rec.utils.io import atomic_dir
+from dllm2rec.utils.io import atomic_dir, read_json
 
 FORMAT = "dllm2rec-teacher-artifacts"
 
@@ -159,10 +159,7 @@ class TeacherArtifacts:
         for p in (mpath, tpath):
             if not p.is_file():
                 raise ArtifactError(f"{p}: missing (not a teacher-artifacts directory)")
-        try:
-            manifest = json.loads(mpath.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise ArtifactError(f"{mpath}: malformed JSON ({e.msg})") from None
+        manifest = read_json(mpath, ArtifactError)
         if manifest.get("format") != FORMAT:
             raise ArtifactError(f"{mpath}: field 'format' is {manifest.get('format')!r}, expected {FORMAT!r}")
         try:

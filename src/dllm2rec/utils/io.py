@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 from dllm2rec.errors import Dllm2recError
 
@@ -220,3 +221,20 @@ def sha256_file(path: str | Path, n: int = 16) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()[:n]
+
+
+def read_json(path: str | Path, error: type[Exception] | None = None, missing: str = "missing") -> Any:
+    """The one JSON/manifest reader: a missing file, non-UTF-8 bytes or malformed JSON is one line of ``error``
+    (default Dllm2recError) naming the file."""
+    error = error or Dllm2recError
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise error(f"{path}: {missing}") from None
+    except UnicodeDecodeError as e:
+        raise error(f"{path}: not UTF-8 ({e.reason} at byte {e.start})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise error(f"{path}: malformed JSON ({e.msg} at line {e.lineno})") from None
