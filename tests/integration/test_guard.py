@@ -65,8 +65,8 @@ def test_guard_selection_never_reads_test(setup, monkeypatch):
     real = Trainer.evaluate_split
     rng = np.random.default_rng(123)
 
-    def scrambled(self, split, model=None):
-        out = real(self, split, model)
+    def scrambled(self, split, model=None, **kw):
+        out = real(self, split, model, **kw)
         return {k: float(rng.random()) for k in out} if split == "test" else out
 
     a = guard.guarded_distill(_config(root, "oracle", epochs=8), [], root / "t-a", trials=3, chunk=4, ds=ds,
