@@ -36,3 +36,25 @@ def test_ranks_from_topk():
     ids = np.array([[3, 1, 2], [0, 1, 2]])
     r = ranks_from_topk(ids, np.array([2, 5]))
     assert r[0] == 2 and np.isinf(r[1])
+
+
+def test_protocol_ranks_ties_against_the_target_in_both_paths():
+    """Ties count against the target (pessimistic), in the dense path and the item-chunked (streaming) path alike.
+    Hand-checked: scores [3, 5, 5, 5, 1, 0]; a target scoring 5 ties with two others -> rank 2 (0-based); all
+    scores equal -> rank N-1; the top item alone -> rank 0 if unique."""
+    import numpy as np
+    import torch
+
+    from dllm2rec.data.schema import make_split
+    from dllm2rec.evaluation.baselines import ConstantScorer
+    from dllm2rec.evaluation.protocol import rank_targets
+
+    n = 6
+    targets = np.array([1, 2, 0, 4, 5])
+    split = make_split([[0]] * 5, targets.tolist(), pad=n, max_len=3)
+    tied = ConstantScorer(np.array([3, 5, 5, 5, 1, 0], dtype=np.float64))
+    flat = ConstantScorer(np.zeros(n))
+    for chunk in (None, 2, 4):
+        assert rank_targets(tied, split, item_chunk=chunk).tolist() == [2, 2, 3, 4, 5], chunk
+        assert rank_targets(flat, split, item_chunk=chunk).tolist() == [n - 1] * 5, chunk
+    assert torch.is_tensor(rank_targets(tied, split))

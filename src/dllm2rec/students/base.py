@@ -82,6 +82,12 @@ class SequentialStudent(nn.Module, ABC):
     def forward(self, seq: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
         return self.score_all(self.encode(seq, lens))
 
+    def clip_to_len(self, seq: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
+        """PAD at every position >= len. Students that read the whole window (Caser) call it, so whatever lies
+        after len can never reach the state; on well-formed input (right-padded) it changes nothing."""
+        pos = torch.arange(seq.shape[1], device=seq.device)
+        return seq.masked_fill(pos[None, :] >= lens[:, None], self.n_items)
+
     def pad_mask(self, seq: torch.Tensor) -> torch.Tensor:
         """[B, L, 1] float mask, 1 at real items."""
         return (seq != self.n_items).unsqueeze(-1).to(self.item_emb.weight.dtype)

@@ -38,6 +38,7 @@ class Caser(SequentialStudent):
         whose conv backward dominates a step otherwise): a height-h filter over rows t..t+h-1 of the [L, d]
         embedding image is Σ_j x[t+j] · W[:, j], so one [B·L, d] × [d, Σh·F] product gives every (filter, offset)
         term and shifted slices add them up."""
+        seq = self.clip_to_len(seq, lens)  # the convolutions see the whole window: nothing after len may count
         x = self.embed_items(seq) * self.pad_mask(seq)  # [B, L, d]
         B, L, d = x.shape
         if L != self.max_len:
