@@ -8,7 +8,8 @@ import torch
 from dllm2rec.data.synthetic import make_synthetic
 from dllm2rec.errors import ArtifactError, ConfigError
 from dllm2rec.teachers.artifacts import TeacherArtifacts
-from dllm2rec.teachers.llmemb import LLMEmbConfig, LLMEmbSeqModel, LLMEmbTeacher, history_mask, score_rows
+from dllm2rec.evaluation.protocol import history_mask
+from dllm2rec.teachers.llmemb import LLMEmbConfig, LLMEmbSeqModel, LLMEmbTeacher, score_rows
 
 
 @pytest.fixture(scope="module")
@@ -401,3 +402,9 @@ def test_progress_bars_on_a_terminal_silent_in_ci(ds, monkeypatch, capsys):
     monkeypatch.setenv("CI", "true")
     LLMEmbTeacher(_cfg(epochs=1)).fit(ds)
     assert "llm-emb full epochs" not in capsys.readouterr().err
+
+
+def test_history_mask_masks_item_0_in_a_padded_row():
+    """The llm-emb teacher had its own mask, with the bug the protocol had: PAD wrote False onto item 0."""
+    seq = torch.tensor([[0, 5, 5], [5, 5, 5]])  # row 0: history [0], padded; PAD = 5
+    assert history_mask(seq, 5).tolist() == [[True, False, False, False, False], [False] * 5]

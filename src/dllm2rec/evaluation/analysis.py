@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from dllm2rec.evaluation.protocol import top_k
 from dllm2rec.evaluation.runs import Run, method_sort_key
 from dllm2rec.evaluation.stats import Stat
 
@@ -42,12 +43,8 @@ def teacher_student_analysis(dataset, teacher, runs: list[Run], k: int = 20, max
                            math.nan, "teacher_right_rows": int(t_hit.sum()), "runs": []}
     for r in runs:
         model, _ = load_student(r.path / "best")
-        s_top = []
-        with torch.inference_mode():
-            for s in range(0, len(idx), batch):
-                b = idx[s:s + batch]
-                st = model.encode(torch.from_numpy(tr.seq[b]), torch.from_numpy(tr.len[b]))
-                s_top.append(model.score_all(st).topk(kk, dim=1).indices.numpy())
+        s_top = [top_k(model, torch.from_numpy(tr.seq[b]), torch.from_numpy(tr.len[b]), kk)[0].numpy()
+                 for b in (idx[s:s + batch] for s in range(0, len(idx), batch))]  # the protocol's one top-k
         top = np.concatenate(s_top) if s_top else np.zeros((0, kk), dtype=np.int64)
         hit = (top == tgt[:, None]).any(1)
         overlap = (top[:, :, None] == t_top[:, None, :]).any(2).sum(1) / kk

@@ -14,7 +14,7 @@ from typing import Iterable
 import numpy as np
 import torch
 
-from dllm2rec.evaluation.metrics import DEFAULT_KS, sum_metrics_from_ranks
+from dllm2rec.evaluation.metrics import DEFAULT_KS, sum_metrics_from_ranks, target_ranks
 from dllm2rec.utils.progress import progress
 
 
@@ -44,17 +44,23 @@ def rank_targets(model, split, batch: int = 1024, exclude_history: bool = False,
         if item_chunk is None or item_chunk >= n:
             scores = model.score_all(state)
             if exclude_history:
-                # PAD goes to a spare column (_history_mask); writing "not in history" for PAD at column 0 used
-                # to unmask item 0 in every padded row whose history held it (scatter order is undefined)
-                mask = _history_mask(seq, 0, n, n)
-                mask.scatter_(1, tgt[:, None], False)
-                scores = scores.masked_fill(mask, float("-inf"))
-            t = scores.gather(1, tgt[:, None])
-            out.append((scores >= t).sum(1) - 1)
+                scores = scores.masked_fill(history_mask(seq, n, keep=tgt), float("-inf"))
+            out.append(target_ranks(scores, tgt))
         else:
             out.append(_rank_streaming(model, state, seq, tgt, exclude_history, item_chunk))
     model.train(was_training)
     return torch.cat(out).cpu() if out else torch.zeros(0, dtype=torch.long)
+
+
+def history_mask(seq: torch.Tensor, n: int, keep: torch.Tensor | None = None) -> torch.Tensor:
+    """[B, N] bool, True at the items of each row's history (PAD ignored); ``keep`` [B] ids are never masked.
+
+    The one dense history mask (evaluation, the llm-emb teacher). PAD goes to a spare column: writing "not in
+    history" for PAD at column 0 used to unmask item 0 in every padded row whose history held it."""
+    mask = _history_mask(seq, 0, n, n)
+    if keep is not None:
+        mask.scatter_(1, keep[:, None], False)
+    return mask
 
 
 def _history_mask(seq: torch.Tensor, c: int, m: int, n: int) -> torch.Tensor:

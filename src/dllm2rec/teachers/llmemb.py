@@ -51,7 +51,6 @@ from dllm2rec.teachers.llmemb_model import (  # noqa: F401  (re-exported: tests 
     _eval_ranks,
     _folds,
     _ndcg20,
-    history_mask,
     popularity_offset,
     score_rows,
 )

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from dllm2rec.errors import ConfigError
+from dllm2rec.evaluation.protocol import history_mask
 
 ITEM_LOSSES = ("auto", "full", "sampled")
 
@@ -162,15 +163,6 @@ class LLMEmbSeqModel(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
-def history_mask(seq: torch.Tensor, n_items: int, keep: torch.Tensor | None = None) -> torch.Tensor:
-    """[B, N] bool, True at items of each row's history (PAD ignored); ``keep`` [B] ids are never masked."""
-    hist = seq.masked_fill(seq == n_items, 0)
-    m = torch.zeros(seq.shape[0], n_items, dtype=torch.bool, device=seq.device).scatter_(1, hist, seq != n_items)
-    if keep is not None:
-        m.scatter_(1, keep[:, None], False)
-    return m
-
-
 @torch.inference_mode()
 def score_rows(model: LLMEmbSeqModel, split, rows: np.ndarray | None = None, mask: bool = True, top_n: int = 20,
                batch: int = 1024):
