@@ -37,6 +37,9 @@ class ConstantScorer(nn.Module):
     def output_weight(self) -> torch.Tensor:
         return self.out.weight
 
+    def output_bias(self) -> torch.Tensor:
+        return self.out.bias
+
     def score_all(self, state: torch.Tensor) -> torch.Tensor:
         return nn.functional.linear(state, self.out.weight, self.out.bias)
 

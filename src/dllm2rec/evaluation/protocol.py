@@ -80,7 +80,7 @@ def _rank_streaming(model, state, seq, tgt, exclude_history, item_chunk):
     """
     n = model.n_items
     t = model.score_items(state, tgt)  # [B]
-    w, b = model.output_weight(), model.out.bias
+    w, b = model.output_weight(), model.output_bias()
     above = torch.zeros_like(tgt)
     for c in range(0, n, item_chunk):
         sc = torch.nn.functional.linear(state, w[c:c + item_chunk], b[c:c + item_chunk])
@@ -110,7 +110,7 @@ def top_k(model, seq: torch.Tensor, lens: torch.Tensor, k: int = 20, item_chunk:
         k = min(int(k), n)
         state = model.encode(seq, lens)
         chunk = n if item_chunk is None else max(int(item_chunk), 1)
-        w, b = model.output_weight(), model.out.bias
+        w, b = model.output_weight(), model.output_bias()
         best_s = best_i = None
         for c in range(0, n, chunk):
             sc = torch.nn.functional.linear(state, w[c:c + chunk], b[c:c + chunk])

@@ -108,7 +108,7 @@ class Recommender:
         # cached folded item matrix (output side) + preallocated buffers
         with torch.no_grad():
             self.weight = model.output_weight().detach().contiguous()
-            self.bias = model.out.bias.detach().contiguous()
+            self.bias = model.output_bias().detach().contiguous()
         self._weight_t = self.weight.t()
         self._seq_np = np.full((self.max_batch, self.max_len), self.pad, dtype=np.int64)
         self._lens_np = np.ones(self.max_batch, dtype=np.int64)

@@ -58,6 +58,11 @@ class SequentialStudent(nn.Module, ABC):
             e = e + self.input_offset(seq)
         return e
 
+    def output_bias(self) -> torch.Tensor:
+        """[N] per-item score bias. Evaluation and serving call this (and :meth:`output_weight`) rather than reading
+        ``self.out``, so a student is free in how it stores its output layer."""
+        return self.out.bias
+
     def output_weight(self) -> torch.Tensor:
         w = self.out.weight
         if self.output_offset is not None:
