@@ -74,3 +74,10 @@ def test_one_naming_scheme():
                 assert "--set" in p.opts, (path, p.opts)
             if "--dataset" in p.opts:
                 assert "--data" in p.opts, (path, p.opts)
+
+
+def test_help_does_not_load_torch():
+    """`dllm2rec --help` stays fast: building the CLI imports no torch (commands import their layers lazily)."""
+    code = "import sys, dllm2rec.cli; print('torch' in sys.modules)"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip() == "False", r.stdout + r.stderr

@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 
 from dllm2rec.data.synthetic import make_synthetic
-from dllm2rec.distill import cli as dcli
+from dllm2rec.workflows import demo as dcli
 from dllm2rec.errors import ArtifactError
 from dllm2rec.teachers.artifacts import TeacherArtifacts
 from dllm2rec.teachers.controls import make_control

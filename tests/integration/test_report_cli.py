@@ -118,7 +118,7 @@ def test_tune_uses_validation_and_writes_tune_json(tiny_dataset_dir, tmp_path):
 
 
 def test_tune_space_parsing():
-    from dllm2rec.distill.cli import parse_space
+    from dllm2rec.workflows.tune import parse_space
     from dllm2rec.errors import ConfigError
 
     sp = parse_space(["a.b=0.1:1.0", "c=1:5", "d=1e-4:1e-1:log", "e=true,false"])

@@ -157,7 +157,7 @@ def test_cli_fit_llmemb(ds, tmp_path):
     import typer
     from typer.testing import CliRunner
 
-    from dllm2rec.teachers.cli_llmemb import register
+    from dllm2rec.cli.teacher_llmemb import register
 
     app = typer.Typer()
     register(app)

@@ -6,8 +6,6 @@ from typing import Optional
 
 import typer
 
-from dllm2rec.workflows import guard
-
 
 def register(app: typer.Typer) -> None:
     distill_app = typer.Typer(help="Will a teacher help? Pre-flight check and the validation-only guard.",
@@ -24,6 +22,8 @@ def register(app: typer.Typer) -> None:
         k: int = typer.Option(20, "--k"),
     ) -> None:
         """Teacher vs a short plain student on validation: HR@K, top-K overlap, teacher-right/student-wrong share."""
+        from dllm2rec.workflows import guard  # torch and the trainer load with the command, not with --help
+
         guard.preflight(config, list(override), out, epochs=epochs, k=k, patience=patience, echo=typer.echo)
 
     @distill_app.command()
@@ -39,6 +39,8 @@ def register(app: typer.Typer) -> None:
         no_preflight: bool = typer.Option(False, "--no-preflight", help="skip the pre-flight check"),
     ) -> None:
         """Validation-only search over lam, ed_weight and K including 0 (writes guard.json); never below plain."""
+        from dllm2rec.workflows import guard
+
         if not no_preflight:
             guard.preflight(config, list(override), out, echo=typer.echo)
         guard.guarded_distill(config, list(override), out, trials=trials, seed=seed, chunk=chunk,

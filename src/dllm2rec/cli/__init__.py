@@ -1,5 +1,6 @@
-"""The ``dllm2rec`` command line. Each area registers its commands from its own ``cli.py`` (``register(app)``);
-heavy libraries are imported inside the commands, so ``dllm2rec --help`` stays fast.
+"""The ``dllm2rec`` command line: one thin module per command group in ``dllm2rec/cli/`` (``register(app)``), no
+logic — commands parse options and call the layers (data, teachers, training, serving) or ``workflows/``. Heavy
+libraries are imported inside the commands, so ``dllm2rec --help`` stays fast.
 
 Errors that are the user's (bad data, config, artifacts, missing extras) print as one line and exit with status 2.
 """
@@ -45,21 +46,17 @@ app.add_typer(teacher_app, name="teacher")
 
 # (module, target app) pairs; a module that is not present yet is skipped so partial installs still work.
 _PARTS = [
-    ("dllm2rec.data.cli", data_app),
-    ("dllm2rec.teachers.cli", teacher_app),
-    ("dllm2rec.teachers.cli_artifacts", teacher_app),
-    ("dllm2rec.teachers.cli_llmemb", teacher_app),
-    ("dllm2rec.training.cli", app),
-    ("dllm2rec.distill.cli", app),
-    ("dllm2rec.serving.cli", app),
-    ("dllm2rec.workflows.cli", app),
+    ("dllm2rec.cli.data", data_app),
+    ("dllm2rec.cli.teacher", teacher_app),
+    ("dllm2rec.cli.teacher_artifacts", teacher_app),
+    ("dllm2rec.cli.teacher_llmemb", teacher_app),
+    ("dllm2rec.cli.train", app),
+    ("dllm2rec.cli.experiment", app),
+    ("dllm2rec.cli.serve", app),
+    ("dllm2rec.cli.distill", app),
 ]
-for _mod, _target in _PARTS:
-    try:
-        importlib.import_module(_mod).register(_target)
-    except ModuleNotFoundError as _e:
-        if _e.name != _mod:
-            raise
+for _mod, _target in _PARTS:  # every group is part of the package: a failing import is a bug, not skipped
+    importlib.import_module(_mod).register(_target)
 
 
 @app.command()

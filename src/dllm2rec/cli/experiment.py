@@ -1,26 +1,15 @@
-"""``dllm2rec report``, ``dllm2rec tune``, ``dllm2rec experiment`` and ``dllm2rec demo``.
+"""``dllm2rec report``, ``analyze``, ``tune``, ``experiment`` and ``demo``: options in, workflows called.
 
-Heavy imports (torch, matplotlib, optuna) happen inside the commands so ``dllm2rec --help`` stays fast.
+The logic lives in ``workflows/`` (tune, demo teacher lookup, guard) and ``experiments.py`` (the grid runner);
+heavy imports (torch, matplotlib, optuna) happen inside the commands so ``dllm2rec --help`` stays fast.
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import typer
-
-SHIPPED_TEACHERS = Path("artifacts/teachers")  # in the checkout; also looked up next to an editable install
-
-
-def shipped_teacher_dir(dataset_name: str) -> Path:
-    """artifacts/teachers/<dataset> in the working directory, else in the source checkout (editable install)."""
-    here = SHIPPED_TEACHERS / dataset_name
-    if (here / "manifest.json").is_file():
-        return here
-    repo = Path(__file__).resolve().parents[3] / SHIPPED_TEACHERS / dataset_name
-    return repo if (repo / "manifest.json").is_file() else here
-
 
 def _ints(text: str) -> list[int]:
     try:
@@ -36,156 +25,6 @@ def _strs(text: str) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------------ tune helpers
-def _num(text: str) -> int | float:
-    text = text.strip()
-    try:
-        return int(text)
-    except ValueError:
-        return float(text)
-
-
-def parse_space(items: list[str]) -> dict[str, tuple[str, Any]]:
-    """``key=lo:hi`` (float; ints if both ints), ``key=lo:hi:log``, ``key=a,b,c`` (categorical, YAML values)."""
-    import yaml
-
-    from dllm2rec.errors import ConfigError
-
-    space: dict[str, tuple[str, Any]] = {}
-    for it in items:
-        if "=" not in it:
-            raise ConfigError(f"--space '{it}' must look like section.key=lo:hi | lo:hi:log | a,b,c")
-        key, val = (s.strip() for s in it.split("=", 1))
-        if ":" in val:
-            parts = val.split(":")
-            log = len(parts) == 3 and parts[2] == "log"
-            if len(parts) not in (2, 3) or (len(parts) == 3 and not log):
-                raise ConfigError(f"--space '{it}': range must be lo:hi or lo:hi:log")
-            try:
-                lo, hi = (_num(x) for x in parts[:2])
-            except ValueError:
-                raise ConfigError(f"--space '{it}': bounds must be numbers") from None
-            if lo >= hi:
-                raise ConfigError(f"--space '{it}': lower bound must be below the upper bound")
-            kind = "int" if isinstance(lo, int) and isinstance(hi, int) else "float"
-            space[key] = (kind + ("-log" if log else ""), (lo, hi))
-        else:
-            choices = [yaml.safe_load(c) for c in val.split(",")]
-            space[key] = ("cat", choices)
-    return space
-
-
-def _fmt_override(key: str, value: Any) -> str:
-    if isinstance(value, bool):
-        return f"{key}={'true' if value else 'false'}"
-    if value is None:
-        return f"{key}=null"
-    return f"{key}={value}"
-
-
-def run_tune(config: Path | None, overrides: list[str], space: dict[str, tuple[str, Any]], trials: int, out: Path,
-             seed: int = 0, echo=print) -> dict[str, Any]:
-    """Optuna search; each trial trains in ``out/trial-NNNN``; objective = VALIDATION select metric (never test)."""
-    from dllm2rec.errors import MissingDependencyError
-
-    try:
-        import optuna
-    except ImportError:
-        raise MissingDependencyError("`dllm2rec tune` needs optuna: pip install 'dllm2rec[hpo]'") from None
-    from dllm2rec.config import load_config
-    from dllm2rec.data.registry import load_or_prepare
-    from dllm2rec.training.trainer import Trainer
-    from dllm2rec.utils.io import atomic_write_text
-
-    base = load_config(config, overrides)
-    ds = load_or_prepare(base.data.path)
-    select_key = None
-    records: list[dict[str, Any]] = []
-
-    def objective(trial) -> float:
-        nonlocal select_key
-        params: dict[str, Any] = {}
-        for key, (kind, arg) in space.items():
-            if kind == "cat":
-                params[key] = trial.suggest_categorical(key, arg)
-            elif kind.startswith("int"):
-                params[key] = trial.suggest_int(key, arg[0], arg[1], log=kind.endswith("-log"))
-            else:
-                params[key] = trial.suggest_float(key, float(arg[0]), float(arg[1]), log=kind.endswith("-log"))
-        ov = list(overrides) + [_fmt_override(k, v) for k, v in params.items()]
-        cfg = load_config(config, ov + [f"name=trial-{trial.number:04d}"])
-        tr = Trainer(cfg, ds, out / f"trial-{trial.number:04d}", quiet=True)
-        res = tr.fit()
-        select_key = tr.select_key
-        if res.get("status") == "paused":
-            raise RuntimeError("trial did not finish")
-        value = float(res["valid"][tr.select_key])
-        # test is recorded for the record only; it never feeds the search
-        records.append({"trial": trial.number, "params": params, "value": value, "best_epoch": res["best_epoch"],
-                        "run_dir": str(tr.run_dir)})
-        shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
-        echo(f"trial {trial.number}: {shown}  -> {tr.select_key} {value:.4f} (epoch {res['best_epoch']})")
-        return value
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    out.mkdir(parents=True, exist_ok=True)
-    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))
-    study.optimize(objective, n_trials=trials)
-    best = study.best_trial
-    result = {
-        "objective": f"{select_key} (validation; test never used for the search)",
-        "best_value": best.value,
-        "best_params": best.params,
-        "best_overrides": [_fmt_override(k, v) for k, v in best.params.items()],
-        "best_run_dir": str(out / f"trial-{best.number:04d}"),
-        "trials": records,
-        "base_config": None if config is None else str(config),
-        "base_overrides": list(overrides),
-        "space": {k: [kind, list(arg) if isinstance(arg, tuple) else arg] for k, (kind, arg) in space.items()},
-    }
-    atomic_write_text(out / "tune.json", json.dumps(result, indent=2))
-    return result
-
-
-# ------------------------------------------------------------------------------------------------ demo helpers
-def find_teacher(dataset_name: str, teacher: str | None, dataset=None) -> tuple[str, str]:
-    """(teacher spec, human description) for the demo.
-
-    ``teacher`` given: used as is (``random``/``synthetic`` are labelled as the controls they are). Otherwise the
-    shipped artifacts for the dataset, checked against it (ids, interactions, splits; other title strings are
-    reported, not refused). No silent substitute: without matching artifacts this raises a one-line error naming
-    the fix — the synthetic oracle is a test fixture, never the demo's default.
-    """
-    from dllm2rec.errors import ArtifactError
-    from dllm2rec.teachers.artifacts import TeacherArtifacts
-
-    if teacher:
-        kind = "random" if teacher.startswith("random") else "synthetic" if teacher.startswith("synthetic") else None
-        if kind == "random":
-            return teacher, "RANDOM teacher (control: random embeddings and rankings, no knowledge)"
-        if kind == "synthetic":
-            return teacher, ("SYNTHETIC teacher (a noisy oracle that knows the true next item; NOT an LLM — it "
-                             "shows that the mechanism works, not what an LLM teacher gives)")
-        return teacher, f"teacher artifacts {teacher}"
-    shipped = shipped_teacher_dir(dataset_name)
-    fix = ("fit one with `dllm2rec teacher fit-llmemb DATASET --out DIR` and pass `--teacher DIR` "
-           "(or `--teacher synthetic` for a labelled oracle smoke test)")
-    if not (shipped / "manifest.json").is_file():
-        raise ArtifactError(f"{shipped}: no shipped teacher artifacts for dataset '{dataset_name}'; {fix}")
-    notes: list[str] = []
-    if dataset is not None:
-        try:
-            notes = TeacherArtifacts.load(shipped, dataset).notes
-        except ArtifactError as e:
-            raise ArtifactError(f"{e}; {fix}") from None
-    try:
-        man = json.loads((shipped / "manifest.json").read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        man = {}
-    what = man.get("label") or man.get("teacher") or "LLM teacher"
-    desc = f"shipped teacher artifacts {shipped} ({what})"
-    return str(shipped), desc + "".join(f"\n      note: {n}" for n in notes)
-
-
 def register(app: typer.Typer) -> None:
     @app.command()
     def report(
@@ -254,6 +93,8 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(0, "--sampler-seed", help="seed of the TPE sampler"),
     ) -> None:
         """Optuna search over strategy/trainer parameters on the VALIDATION select metric; writes tune.json."""
+        from dllm2rec.workflows.tune import parse_space, run_tune
+
         sp = parse_space(space)
         res = run_tune(config, list(override), sp, trials, out, seed, echo=typer.echo)
         typer.echo(f"\nbest {res['objective']}: {res['best_value']:.4f}")
@@ -330,6 +171,7 @@ def register(app: typer.Typer) -> None:
         override: list[str] = typer.Option([], "--set", "-o", help="dotted override for every run"),
     ) -> None:
         """The whole product on the embedded default: dataset -> teacher -> baseline vs distilled -> table + plot."""
+        from dllm2rec.workflows.demo import find_teacher, load_teacher_metrics_dict
         from dllm2rec.data.registry import load_or_prepare
         from dllm2rec.evaluation.report import build_report
         from dllm2rec.evaluation.teacher_metrics import teacher_metrics_from_dir
@@ -372,12 +214,3 @@ def register(app: typer.Typer) -> None:
         if not tm:
             typer.echo("(no teacher metrics recorded with the teacher artifacts)")
         typer.echo(f"\nwrote {out / 'report.md'}, {out / 'curves.png'}, {out / 'bars.png'}")
-
-
-def load_teacher_metrics_dict(raw: dict[str, Any], dataset: str) -> dict[str, dict[str, float]]:
-    from dllm2rec.evaluation.teacher_metrics import flatten
-
-    if not raw:
-        return {}
-    flat = {k: float(v) for k, v in flatten(raw).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    return {dataset: flat} if flat else {}
