@@ -92,3 +92,22 @@ def test_auto_precision_is_bf16_only_where_native(monkeypatch):
     assert embedding.resolve_precision("auto", 384) == "float32"                    # small D: always float32
     monkeypatch.setattr(cpu, "cpu_flags", lambda: frozenset({"avx2"}))
     assert embedding.resolve_precision("bfloat16", 4096) == "bfloat16"              # explicit choice is kept
+
+
+def test_lambda_schedules():
+    """constant (paper) / warmup / decay of λ by epoch; hand-checked values; a bad schedule is a one-line error."""
+    import pytest
+
+    from dllm2rec.data.synthetic import make_synthetic
+    from dllm2rec.errors import ConfigError
+    from dllm2rec.registry import get_strategy
+    from dllm2rec.teachers.controls import make_control
+
+    ds = make_synthetic(n_items=30, n_users=20, seq_len=8, seed=0)
+    t = make_control("random:8", ds, seed=0)
+    mk = lambda **kw: get_strategy("dllm2rec")({"lam": 0.8, "lam_epochs": 4, **kw}, ds, t)  # noqa: E731
+    assert [mk().lam_at(e) for e in (1, 5)] == [0.8, 0.8]
+    assert [round(mk(lam_schedule="warmup").lam_at(e), 6) for e in (1, 2, 4, 9)] == [0.2, 0.4, 0.8, 0.8]
+    assert [round(mk(lam_schedule="decay").lam_at(e), 6) for e in (1, 2, 4, 5, 9)] == [0.8, 0.6, 0.2, 0.0, 0.0]
+    with pytest.raises(ConfigError, match="lam_schedule"):
+        mk(lam_schedule="cosine")

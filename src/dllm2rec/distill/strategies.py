@@ -40,6 +40,8 @@ DLLM2REC_DEFAULTS: dict[str, Any] = {
     "use_ranking": True,
     "variant": "official",          # official: the script's loss term by term | paper: Eq. 5
     "lam": 0.7,                     # λ_d; official README command (code default 0.8; paper tunes 0.1..1.0)
+    "lam_schedule": "constant",     # beyond the paper: constant | warmup (λ·min(1, e/E)) | decay (λ·max(0, 1-(e-1)/E))
+    "lam_epochs": 10,               # E of the schedule (epochs)
     "K": 10,                        # teacher candidates per row (candidate_topk)
     "beta": 1.0,                    # position temperature β of exp(-r/β) (official: hard-coded 1)
     "gamma_p": 0.3, "gamma_c": 0.5, "gamma_o": 0.1,
@@ -83,6 +85,9 @@ class DLLM2RecStrategy(Strategy):
             raise ConfigError(f"{name}: projector must be one of {', '.join(PROJECTORS)}")
         if p["ed_side"] not in SIDES:
             raise ConfigError(f"{name}: ed_side must be one of {', '.join(SIDES)}")
+        if p["lam_schedule"] not in ("constant", "warmup", "decay") or int(p["lam_epochs"]) < 1:
+            raise ConfigError(f"{name}: lam_schedule must be constant | warmup | decay and lam_epochs >= 1, got "
+                              f"{p['lam_schedule']!r} / {p['lam_epochs']!r}")
         self.K = int(p["K"])
         self.rows = TeacherRows(teacher, self.K, dataset) if p["use_ranking"] else None
         self.ps = None
@@ -146,8 +151,22 @@ class DLLM2RecStrategy(Strategy):
             return weights.combine(wp, wc, wo, p["gamma_p"], p["gamma_c"], p["gamma_o"],
                                    row_normalise=p["row_normalise"], shape=(B, K)).to(ctx.state.dtype)
 
+    def lam_at(self, epoch: int) -> float:
+        """λ for an epoch (1-based). Why a schedule: a decaying λ lets the student follow the teacher early and its
+        own data late (the teacher's knowledge is most useful before the student has learnt the easy patterns)."""
+        p, E = self.p, max(1, int(self.p["lam_epochs"]))
+        if p["lam_schedule"] == "constant":
+            return float(p["lam"])
+        if p["lam_schedule"] == "warmup":
+            return float(p["lam"]) * min(1.0, max(epoch, 1) / E)
+        if p["lam_schedule"] == "decay":
+            return float(p["lam"]) * max(0.0, 1.0 - (max(epoch, 1) - 1) / E)
+        raise ConfigError(f"{self.registry_name}: lam_schedule must be constant | warmup | decay, "
+                          f"got {p['lam_schedule']!r}")
+
     def loss(self, ctx: StepContext) -> dict[str, torch.Tensor]:
-        p = self.p
+        p = dict(self.p)
+        p["lam"] = self.lam_at(ctx.epoch)
         if self.rows is None or p["lam"] == 0:
             return {}
         cand, dist, cov = self.rows.rows(ctx.row_id)
