@@ -28,3 +28,21 @@ def tiny_dataset():
 @pytest.fixture()
 def tiny_dataset_dir(tmp_path, tiny_dataset):
     return tiny_dataset.save(tmp_path / "tiny")
+
+
+class Payload:
+    """A pickle payload: unpickling calls ``open(marker, "w")``, so the file appearing means code from it ran."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.fixture()
+def marker(tmp_path):
+    """Where a Payload would write; the test fails if it exists afterwards."""
+    m = tmp_path / "PWNED"
+    yield m
+    assert not m.exists(), "code from an untrusted file was executed"

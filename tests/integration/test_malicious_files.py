@@ -19,25 +19,11 @@ from dllm2rec.cli import main
 from dllm2rec.data import SeqDataset, make_split
 from dllm2rec.students import build_student
 from dllm2rec.students.checkpoint import save_student
+from conftest import Payload  # the shared pickle payload (and the `marker` fixture)
 
 N, L = 12, 4
 
 
-class Payload:
-    """Unpickling calls ``open(marker, "w")``: the file appearing means code from the file ran."""
-
-    def __init__(self, marker: Path):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))
-
-
-@pytest.fixture()
-def marker(tmp_path):
-    m = tmp_path / "PWNED"
-    yield m
-    assert not m.exists(), "code from an untrusted file was executed"
 
 
 def evil_pickle(path: Path, marker: Path) -> Path:

@@ -12,23 +12,11 @@ import torch
 from dllm2rec.errors import ArtifactError, DataError, Dllm2recError
 from dllm2rec.utils import untrusted
 from dllm2rec.utils.untrusted import UntrustedFileError
+from conftest import Payload  # the shared pickle payload (and the `marker` fixture)
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "dllm2rec"
 
 
-class Payload:
-    def __init__(self, marker: Path):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))
-
-
-@pytest.fixture()
-def marker(tmp_path):
-    m = tmp_path / "PWNED"
-    yield m
-    assert not m.exists(), "code from an untrusted file was executed"
 
 
 def one_line(e: pytest.ExceptionInfo, *needles: str) -> None:
