@@ -28,24 +28,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+from dllm2rec.utils.cpu import cpu_name  # noqa: E402  (after the thread default: it must precede torch)
+
 
 SYNTHETIC = {"synthetic-17k": 17_408, "synthetic-100k": 100_000}
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def game_titles(root: Path) -> list[str] | None:
@@ -156,7 +147,7 @@ def main() -> None:
     from dllm2rec.teachers.llmemb_model import LLMEmbConfig
 
     torch.set_num_threads(a.threads)
-    env = {"cpu": cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__,
+    env = {"cpu": cpu_name(), "cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__,
            "threads": torch.get_num_threads(), "os_cpus": os.cpu_count(),
            "loadavg_start": [round(x, 2) for x in os.getloadavg()]}
     print(f"CPU: {env['cpu']} | torch {env['torch']} capability {env['cpu_capability']} | "

@@ -21,12 +21,14 @@ import os
 import platform
 import random
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from dllm2rec.serving.bench import free_port, wait_ready
+from dllm2rec.utils.cpu import cpu_name
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ROOT / "tests" / "fixtures" / "tiny-movielens"
@@ -52,12 +54,6 @@ def build_bundle(out: Path, n_items: int | None, dim: int = 64, max_len: int = 1
     return out / "bundle", ds.n_items
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def rss_mb(pid: int) -> float:
     try:
         import psutil
@@ -68,16 +64,6 @@ def rss_mb(pid: int) -> float:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     return float("nan")
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -166,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    print(f"cpu: {cpu_model()} ({os.cpu_count()} logical cores visible); torch {torch.__version__}, "
+    print(f"cpu: {cpu_name()} ({os.cpu_count()} logical cores visible); torch {torch.__version__}, "
           f"cpu capability {torch.backends.cpu.get_cpu_capability()}; python {platform.python_version()}; "
           f"load average {os.getloadavg()[0]:.1f}")
     rng = random.Random(0)
@@ -183,20 +169,10 @@ def main(argv: list[str] | None = None) -> int:
                "--threads", "1", "--log-level", "warning"]
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         try:
-            import httpx
-
-            t0 = time.monotonic()
-            while True:
-                if proc.poll() is not None:
-                    raise SystemExit(f"server exited ({proc.returncode}): {proc.stderr.read()[-2000:]}")
-                try:
-                    if httpx.get(url + "/healthz", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() - t0 > 120:
-                    raise SystemExit("server did not become ready within 120 s")
-                time.sleep(0.2)
+            try:
+                wait_ready(url, proc)
+            except RuntimeError as e:
+                raise SystemExit(f"{e}: {proc.stderr.read()[-2000:] if proc.poll() is not None else ''}") from None
             print(f"bundle: {n} items (SASRec d=64), server pid {proc.pid} on {url}; heavy batch "
                   f"{a.heavy_rows}x{a.heavy_items} = {len(heavy) / 1e6:.2f} MB")
             rss0 = rss_mb(proc.pid)

@@ -41,11 +41,6 @@ def register(app: typer.Typer) -> None:
         if config is None and not data and not any(o.startswith("data.path=") for o in ov):
             typer.echo(ctx.get_help())  # no config and no data: a 200-epoch run on a default is not what was asked
             raise typer.Exit(2)
-        if config is not None and not data and not any(o.startswith("data.path=") for o in ov) \
-                and not _names_data(config):
-            from dllm2rec.errors import ConfigError
-
-            raise ConfigError(f"{config}: names no dataset (no data.path); pass --data DATASET")
         if data:
             ov.append(f"data.path={data}")
         if model:
@@ -53,6 +48,10 @@ def register(app: typer.Typer) -> None:
         if seed is not None:
             ov.append(f"train.seed={seed}")
         cfg = load_config(config, ov)
+        if "path" not in cfg.data.model_fields_set:  # a dataset-agnostic config and no --data: do not guess one
+            from dllm2rec.errors import ConfigError
+
+            raise ConfigError(f"{config}: names no dataset (no data.path); pass --data DATASET")
         if dist_.init_from_env(cfg.train.device):  # launched by torchrun with WORLD_SIZE > 1
             try:
                 _train(cfg, dist_.resolve_dataset_shared(cfg.data.path), run_dir, resume,
@@ -61,16 +60,6 @@ def register(app: typer.Typer) -> None:
                 dist_.cleanup()
             return
         _train(cfg, load_or_prepare(cfg.data.path), run_dir, resume)
-
-    def _names_data(config: Path) -> bool:
-        """Does the YAML file set data.path? (dataset-agnostic configs leave it to --data)"""
-        import yaml
-
-        try:
-            raw = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
-        except (OSError, yaml.YAMLError):
-            return True  # load_config reports the file's own problem
-        return isinstance(raw, dict) and isinstance(raw.get("data"), dict) and "path" in raw["data"]
 
     def _train(cfg, ds, run_dir, resume: bool, echo: bool = True) -> None:
         from dllm2rec.training.trainer import Trainer

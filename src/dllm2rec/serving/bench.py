@@ -249,7 +249,7 @@ def _proc_cpu_s(pid: int) -> float | None:
         return None
 
 
-def _wait_ready(url: str, proc: subprocess.Popen, timeout: float = 120.0) -> None:
+def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 120.0) -> None:
     import httpx
 
     deadline = time.monotonic() + timeout
@@ -309,7 +309,7 @@ def load_test(bundle: str | Path, histories: list[list[int]], requests: int = 10
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        _wait_ready(url, proc)
+        wait_ready(url, proc)
         payloads = [{"history": h, "k": k} for h in histories]
         lat1, err1, _, _ = asyncio.run(_drive(url, payloads, single_client, 1)) if single_client else \
             (np.asarray([]), 0, 0.0, [])

@@ -391,14 +391,18 @@ def read_onnx(bundle: str | Path, manifest: dict[str, Any], verify: bool = True)
     from dllm2rec.utils.untrusted import check_onnx
 
     bundle = Path(bundle)
-    rec = manifest.get("onnx")
-    name = (rec or {}).get("file") or (ONNX_FILE if ONNX_FILE in manifest["files"] else None)
-    if name is None:
-        if (bundle / ONNX_FILE).exists() or (bundle / ONNX_FILE).is_symlink():
-            raise ArtifactError(f"{bundle / ONNX_FILE}: not listed in {MANIFEST}; refusing to load an unverified "
-                                f"model (re-export the bundle with --onnx)")
-        return None
-    return check_onnx(read_member(bundle, manifest, name, verify), bundle / name)
+    name = optional_member(bundle, manifest, "onnx", ONNX_FILE, "an unverified model (re-export the bundle with --onnx)")
+    return None if name is None else check_onnx(read_member(bundle, manifest, name, verify), bundle / name)
+
+
+def optional_member(bundle: Path, manifest: dict[str, Any], key: str, default: str, what: str) -> str | None:
+    """The file name of an optional bundle member (``manifest[key]["file"]``, or ``default`` when listed), or None
+    when the bundle has none. A file by that name on disk that the manifest does not list is refused: every file
+    the server loads is listed and hash-checked."""
+    name = (manifest.get(key) or {}).get("file") or (default if default in manifest["files"] else None)
+    if name is None and ((bundle / default).exists() or (bundle / default).is_symlink()):
+        raise ArtifactError(f"{bundle / default}: not listed in {MANIFEST}; refusing to load {what}")
+    return name
 
 
 def _json_bytes(data: bytes, path: Path) -> Any:

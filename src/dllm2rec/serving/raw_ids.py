@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from dllm2rec.errors import ArtifactError
-from dllm2rec.serving.bundle import MANIFEST, RAW_IDS, _json_bytes, read_member
+from dllm2rec.serving.bundle import RAW_IDS, _json_bytes, optional_member, read_member
 
 __all__ = ["RAW_IDS", "read_raw_ids"]
 
@@ -22,12 +22,8 @@ def read_raw_ids(bundle: str | Path, manifest: dict[str, Any], n_items: int, ver
     None for a bundle without them (exported before raw ids, or from a dataset without ``meta.item_raw_ids``). A
     ``raw_ids.json`` on disk that the manifest does not list is refused, never loaded."""
     bundle = Path(bundle)
-    rec = manifest.get("raw_ids")
-    name = (rec or {}).get("file") or (RAW_IDS if RAW_IDS in manifest["files"] else None)
+    name = optional_member(bundle, manifest, "raw_ids", RAW_IDS, "unverified raw item ids (re-export the bundle)")
     if name is None:
-        if (bundle / RAW_IDS).exists() or (bundle / RAW_IDS).is_symlink():
-            raise ArtifactError(f"{bundle / RAW_IDS}: not listed in {MANIFEST}; refusing to load unverified raw "
-                                f"item ids (re-export the bundle)")
         return None
     path = bundle / name
     raw = _json_bytes(read_member(bundle, manifest, name, verify), path)

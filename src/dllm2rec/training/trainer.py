@@ -406,10 +406,9 @@ class Trainer:
             raise Dllm2recError(f"{self.run_dir / 'best'}: holds epoch {info['meta'].get('epoch')}, but epoch "
                                 f"{self.best_epoch} was selected; the run directory is inconsistent")
         valid = {k: v for k, v in info["meta"]["metrics"].items()}
-        sel_rows = self.selection_rows()
         selection = None
-        if sel_rows is not None:  # selected on a fixed sample: report the checkpoint on every validation row
-            selection = {"rows": int(len(sel_rows)), "of": len(self.ds["valid"]), "seed": VALID_SAMPLE_SEED,
+        if self._sel_rows is not None:  # selected on a fixed sample: report the checkpoint on every validation row
+            selection = {"rows": int(len(self._sel_rows)), "of": len(self.ds["valid"]), "seed": VALID_SAMPLE_SEED,
                          "metrics": valid}
             valid = self.evaluate_split("valid", best)
         test = self.evaluate_split("test", best)

@@ -1,7 +1,6 @@
 """The demo's teacher: the shipped artifacts for a dataset, checked against it — never a silent substitute."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -42,19 +41,13 @@ def find_teacher(dataset_name: str, teacher: str | None, dataset=None) -> tuple[
            "(or `--teacher synthetic` for a labelled oracle smoke test)")
     if not (shipped / "manifest.json").is_file():
         raise ArtifactError(f"{shipped}: no shipped teacher artifacts for dataset '{dataset_name}'; {fix}")
-    notes: list[str] = []
-    if dataset is not None:
-        try:
-            notes = TeacherArtifacts.load(shipped, dataset).notes
-        except ArtifactError as e:
-            raise ArtifactError(f"{e}; {fix}") from None
-    try:
-        man = json.loads((shipped / "manifest.json").read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        man = {}
-    what = man.get("label") or man.get("teacher") or "LLM teacher"
+    try:  # one read: the validated artifacts carry the manifest (label) and the notes (e.g. other titles)
+        art = TeacherArtifacts.load(shipped, dataset)
+    except ArtifactError as e:
+        raise ArtifactError(f"{e}; {fix}") from None
+    what = art.manifest.get("label") or art.manifest.get("teacher") or "LLM teacher"
     desc = f"shipped teacher artifacts {shipped} ({what})"
-    return str(shipped), desc + "".join(f"\n      note: {n}" for n in notes)
+    return str(shipped), desc + "".join(f"\n      note: {n}" for n in art.notes)
 
 
 def load_teacher_metrics_dict(raw: dict[str, Any], dataset: str) -> dict[str, dict[str, float]]:
