@@ -21,6 +21,7 @@ import numpy as np
 
 from dllm2rec.errors import ArtifactError
 from dllm2rec.utils.io import atomic_dir, read_json
+from dllm2rec.utils.mmap import MMAP_ERRORS, mmap_safetensors
 
 FORMAT = "dllm2rec-teacher-artifacts"
 
@@ -150,7 +151,11 @@ class TeacherArtifacts:
         return path
 
     @classmethod
-    def load(cls, path: str | Path, dataset=None) -> "TeacherArtifacts":
+    def load(cls, path: str | Path, dataset=None, mmap: bool = False) -> "TeacherArtifacts":
+        """Read and validate artifacts. ``mmap=True`` memory-maps ``item_emb``/``topk_dist``/``target_dist`` (the
+        [N, D] teacher matrix then lives once in the page cache for every process on a node, e.g. DDP ranks);
+        ``topk_ids``/``covered`` are converted to the in-memory contract (int64 / bool), which copies those small
+        [R, n] / [R] arrays. Files that cannot be mapped (e.g. bf16) are read normally."""
         from safetensors import SafetensorError
         from safetensors.numpy import load_file
 
@@ -162,10 +167,17 @@ class TeacherArtifacts:
         manifest = read_json(mpath, ArtifactError)
         if manifest.get("format") != FORMAT:
             raise ArtifactError(f"{mpath}: field 'format' is {manifest.get('format')!r}, expected {FORMAT!r}")
-        try:
-            t = load_file(str(tpath))
-        except (SafetensorError, OSError, ValueError) as e:
-            raise ArtifactError(f"{tpath}: unreadable safetensors ({e})") from None
+        t = None
+        if mmap:
+            try:
+                t = mmap_safetensors(tpath)
+            except MMAP_ERRORS:
+                t = None  # the normal reader below reports the problem precisely
+        if t is None:
+            try:
+                t = load_file(str(tpath))
+            except (SafetensorError, OSError, ValueError) as e:
+                raise ArtifactError(f"{tpath}: unreadable safetensors ({e})") from None
         for k in ("item_emb", "topk_ids", "topk_dist", "covered"):
             if k not in t:
                 raise ArtifactError(f"{tpath}: missing tensor '{k}'")
