@@ -19,13 +19,16 @@ def export(
     which: str = typer.Option("best", "--which", help="For a run directory: best or last checkpoint."),
     verify_dataset: bool = typer.Option(True, "--verify-dataset/--no-verify-dataset",
                                         help="Require the checkpoint's dataset fingerprint to match --dataset."),
+    index: str = typer.Option("auto", "--index",
+                              help="Serving index recorded in the manifest: auto (exact up to 200,000 items, IVF "
+                                   "above), exact, hnsw, ivf or flat. `serve --index` overrides it."),
 ) -> None:
     """Export a trained student as a self-contained serving bundle (hooks folded; no teacher files, no LLM)."""
     from dllm2rec.serving.bundle import export_bundle
 
     if which not in ("best", "last"):
         raise Dllm2recError(f"--which must be 'best' or 'last', got {which!r}")
-    m = export_bundle(source, dataset, out, which=which, onnx=onnx, verify_dataset=verify_dataset)
+    m = export_bundle(source, dataset, out, which=which, onnx=onnx, verify_dataset=verify_dataset, index=index)
     mod = m["model"]
     typer.echo(f"bundle {out}: {mod['name']} (N={mod['n_items']}, L={mod['max_len']}, d={mod['dim']}) from "
                f"{m['source']['checkpoint']}; dataset {m['dataset']['name']} {m['dataset']['fingerprint']}")
@@ -46,6 +49,9 @@ def export(
     else:
         typer.echo(f"  raw item ids: none ({m.get('raw_ids_skipped') or 'the dataset has no meta.item_raw_ids'}); "
                    f"requests use internal ids or titles")
+    ix = m["index"]
+    params = ", ".join(f"{k}={v}" for k, v in ix["params"].items())
+    typer.echo(f"  index: {ix['kind']}{f' ({params})' if params else ''}, built {ix['built']}; why: {ix['reason']}")
     if m["onnx"]:
         typer.echo(f"  model.onnx: parity max |eager - onnxruntime| = {m['onnx']['parity_max_abs_diff']:.2e}")
     files = ", ".join(f"{n} ({r['bytes']:,} B)" for n, r in m["files"].items())
@@ -60,7 +66,12 @@ def serve(
     max_batch: int = typer.Option(256, "--max-batch", help="Largest batch accepted by POST /recommend."),
     threads: Optional[int] = typer.Option(1, "--threads",
                                           help="torch/onnxruntime intra-op threads (1 = lowest latency per request)."),
-    index: str = typer.Option("exact", "--index", help="exact top-k, or faiss (inner-product index; needs faiss-cpu)."),
+    index: str = typer.Option("auto", "--index",
+                              help="auto (the index the bundle's manifest chose at export; exact for old bundles), "
+                                   "exact, hnsw, ivf or flat (faiss; needs dllm2rec[faiss])."),
+    index_param: list[str] = typer.Option([], "--index-param",
+                                          help="KEY=INT for the index, repeatable: hnsw M, ef_construction, "
+                                               "ef_search; ivf nlist, nprobe, train_size."),
     max_body_bytes: int = typer.Option(1 << 20, "--max-body-bytes",
                                        help="Largest request body read; a bigger one is answered 413 unparsed."),
     max_concurrency: int = typer.Option(32, "--max-concurrency",
@@ -77,20 +88,28 @@ def serve(
     except ImportError as e:
         raise MissingDependencyError(f"serving needs fastapi and uvicorn ({e.name} missing): "
                                      f"pip install 'dllm2rec[serve]'") from None
-    from dllm2rec.serving.recommender import BACKENDS
+    from dllm2rec.serving.recommender import BACKENDS, INDEX_CHOICES
 
     if backend not in BACKENDS:
         raise Dllm2recError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     if max_batch < 1:
         raise Dllm2recError(f"--max-batch must be >= 1, got {max_batch}")
-    if index not in ("exact", "faiss"):
-        raise Dllm2recError(f"--index must be exact or faiss, got {index!r}")
+    if index not in INDEX_CHOICES:
+        raise Dllm2recError(f"--index must be one of {', '.join(INDEX_CHOICES)}, got {index!r}")
+    params = {}
+    for kv in index_param:
+        key, _, v = kv.partition("=")
+        if not key or not v.strip().isdigit():
+            raise Dllm2recError(f"--index-param: expected KEY=INT (e.g. nprobe=64), got {kv!r}")
+        params[key.strip()] = int(v)
     for opt, v, lo in (("--max-body-bytes", max_body_bytes, 0), ("--max-concurrency", max_concurrency, 1),
                        ("--workers", workers, 1)):
         if v < lo:
             raise Dllm2recError(f"{opt} must be >= {lo}, got {v}")
     app = create_app(bundle, backend=backend, max_batch=max_batch, threads=threads, index=index,
-                     max_body_bytes=max_body_bytes, max_concurrency=max_concurrency, workers=workers)
+                     index_params=params or None, max_body_bytes=max_body_bytes, max_concurrency=max_concurrency, workers=workers)
+    ix = app.state.recommender.index_info
+    typer.echo(f"index: {ix['kind']} ({ix['source']}) {ix['params'] or ''} built in {ix['build_s']:.1f} s", err=True)
     typer.echo(f"serving {bundle} ({backend}) on http://{host}:{port}  (docs: http://{host}:{port}/docs)", err=True)
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=access_log)
 

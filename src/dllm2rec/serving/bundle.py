@@ -10,7 +10,8 @@ A bundle directory holds everything needed to answer requests, and nothing from 
                           strings, index = item id; written when the dataset has them (older bundles lack it)
       model.onnx          optional: encoder+scorer, (seq [B, L], lens [B]) -> scores [B, N], dynamic batch axis
       manifest.json       format, model, dataset fingerprint, metrics it was selected with, folded hook specs,
-                          ONNX parity, and the sha256 + size of every other file
+                          ONNX parity, the serving index chosen for the catalogue size (``index``: kind, params,
+                          reason; optional, older bundles lack it = exact), and the sha256 + size of every other file
 
 Folding: a distilled student adds ``input_offset(ids)`` (e.g. collaborative embedding distillation,
 ``w * g(z[ids])``) to its ID embeddings and ``output_offset()`` to its output weight. Both depend only on item ids,
@@ -40,6 +41,7 @@ from pydantic import (
 
 from dllm2rec.data.registry import load_or_prepare
 from dllm2rec.errors import ArtifactError, DataError, Dllm2recError
+from dllm2rec.serving.ann import chosen_index
 from dllm2rec.students.base import SequentialStudent
 
 BUNDLE_FORMAT = "dllm2rec-bundle"
@@ -138,12 +140,14 @@ def _resolve_dataset(dataset: Any, meta: dict[str, Any], ckpt: Path):
 
 
 def export_bundle(source: str | Path, dataset: str | Path | Any, out: str | Path, *, which: str = "best",
-                  onnx: bool = False, verify_dataset: bool = True, opset: int = 17) -> dict[str, Any]:
+                  onnx: bool = False, verify_dataset: bool = True, opset: int = 17,
+                  index: str = "auto") -> dict[str, Any]:
     """Write a serving bundle from a run dir or checkpoint dir; returns the manifest.
 
     ``dataset`` is a prepared dataset directory (or preset name), a ``SeqDataset``, or ``None`` for the dataset
     recorded in the checkpoint (``meta.config.data.path``); titles + fingerprint come from it. With
     ``verify_dataset`` the checkpoint's ``meta.dataset_fingerprint`` (when present) must match the dataset.
+    ``index``: ``"auto"`` records the default for the catalogue size (serving/ann.py ``choose_index``), or a kind.
     """
     from safetensors.torch import save_file
 
@@ -200,6 +204,7 @@ def export_bundle(source: str | Path, dataset: str | Path | Any, out: str | Path
         "results": _jsonable(results) if isinstance(results, dict) else None,
         "onnx": None,
         "raw_ids": None,
+        "index": chosen_index(index, model.n_items),  # built at load time; no index file in the bundle
     }
     raw_ids, why = dataset_raw_ids(ds)
     if why:
@@ -261,6 +266,13 @@ class RawIdsRecord(BaseModel):
     count: Annotated[StrictInt, Field(ge=0)] | None = None
 
 
+class IndexRecord(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    kind: Literal["exact", "flat", "hnsw", "ivf"]
+    params: dict[StrictStr, Annotated[StrictInt, Field(ge=1)]] = {}
+    reason: StrictStr | None = None
+
+
 class BundleManifest(BaseModel):
     """Schema of ``manifest.json``; unknown fields (provenance) are kept. ``files`` maps a path relative to the
     bundle directory (no absolute paths, no ``..``) to its sha256 and size."""
@@ -273,6 +285,7 @@ class BundleManifest(BaseModel):
     dataset: dict[str, Any] | None = None
     onnx: OnnxRecord | None = None
     raw_ids: RawIdsRecord | None = None
+    index: IndexRecord | None = None
 
     @field_validator("files")
     @classmethod

@@ -7,8 +7,10 @@
 Histories are item ids (ints) or titles (strings; mixed is fine) by default; ``id_type`` ("internal", "raw",
 "title") and ``title_match`` ("exact", "loose") are resolved by serving/lookup.py. Longer than the student's
 ``max_len`` L: only the last L items are encoded, as in training. ``exclude_history`` removes every item of the (whole) given history
-from the candidates. Exact top-k over all N items by default; ``index="faiss"`` uses a faiss inner-product index
-over the same item matrix (optional, for large catalogues).
+from the candidates. ``index``: ``"auto"`` (default) uses the index the bundle's manifest chose at export (exact
+scan for old bundles and catalogues up to 2*10^5 items); ``"exact"``, ``"hnsw"``, ``"ivf"`` or ``"flat"`` override
+it (``index_params`` tunes it, e.g. ``{"nprobe": 64}``). ANN indexes live in serving/ann.py and are built here, at
+load, from the hash-checked weights; a row an ANN answers short is answered exactly instead (and counted).
 
 Latency: inputs go into preallocated numpy/torch buffers, scores into a reused [B, N] buffer (grown on demand; batches
 are chunked so it stays under ~256 MB even for million-item catalogues), the
@@ -26,13 +28,14 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import torch
 
-from dllm2rec.errors import MissingDependencyError
+from dllm2rec.serving.ann import INDEX_KINDS, ExactIndex, build_index, check_params, topk_excluding
 from dllm2rec.serving.lookup import ID_TYPES, TITLE_MATCHES, ItemLookup, RequestError, _short, check_mode
 from dllm2rec.students.base import SequentialStudent
 
-__all__ = ["BACKENDS", "ID_TYPES", "TITLE_MATCHES", "FaissIndex", "Recommendation", "Recommender", "RequestError"]
+__all__ = ["BACKENDS", "ID_TYPES", "INDEX_CHOICES", "TITLE_MATCHES", "Recommendation", "Recommender", "RequestError"]
 
 BACKENDS = ("torch", "torchscript", "compile", "onnx")
+INDEX_CHOICES = ("auto",) + INDEX_KINDS + ("faiss",)  # auto: the bundle's choice; faiss: legacy (faiss_kind)
 _NEG_INF = float("-inf")
 
 
@@ -47,38 +50,11 @@ class Recommendation:
         return asdict(self)
 
 
-class FaissIndex:
-    """Inner-product faiss index over the item matrix with the bias folded in (score = [h, 1] · [w_i, b_i]).
-
-    ``kind="flat"`` is exact (IndexFlatIP); ``kind="hnsw"`` is approximate (IndexHNSWFlat, inner product).
-    """
-
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, kind: str = "flat", hnsw_m: int = 32):
-        try:
-            import faiss
-        except ImportError:
-            raise MissingDependencyError("index='faiss' needs faiss: pip install 'dllm2rec[faiss]'") from None
-        mat = torch.cat([weight, bias[:, None]], dim=1).detach().float().contiguous().numpy()
-        d = mat.shape[1]
-        if kind == "flat":
-            self.index = faiss.IndexFlatIP(d)
-        elif kind == "hnsw":
-            self.index = faiss.IndexHNSWFlat(d, hnsw_m, faiss.METRIC_INNER_PRODUCT)
-        else:
-            raise ValueError(f"unknown faiss index kind {kind!r} (flat or hnsw)")
-        self.index.add(mat)
-        self.n_items = mat.shape[0]
-
-    def search(self, state: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
-        q = torch.cat([state, torch.ones(state.shape[0], 1, dtype=state.dtype)], dim=1).float().contiguous().numpy()
-        return self.index.search(q, min(k, self.n_items))
-
-
 class Recommender:
     def __init__(self, model: SequentialStudent, titles: Sequence[str], manifest: dict[str, Any] | None = None,
                  backend: str = "torch", max_batch: int = 1024, threads: int | None = None,
-                 onnx_model: bytes | str | Path | None = None, index: str = "exact", faiss_kind: str = "flat",
-                 raw_ids: Sequence[str] | None = None):
+                 onnx_model: bytes | str | Path | None = None, index: str = "auto", faiss_kind: str = "flat",
+                 raw_ids: Sequence[str] | None = None, index_params: dict[str, Any] | None = None):
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
         if model.input_offset is not None or model.output_offset is not None:
@@ -129,17 +105,36 @@ class Recommender:
 
             src = onnx_model if onnx_model is not None else onnx_bytes(model)
             self._onnx = OnnxScorer(src, self.n_items, max_batch=1, threads=threads)  # output buffer grows
-        self.index = None
-        if index == "faiss":
-            if backend == "onnx":
-                raise ValueError("index='faiss' needs the encoder state; use backend 'torch' or 'torchscript'")
-            self.index = FaissIndex(self.weight, self.bias, kind=faiss_kind)
-        elif index != "exact":
-            raise ValueError(f"unknown index {index!r} (exact or faiss)")
+        self.index = None  # None: the exact torch path below (no over-fetch needed)
+        self.index_info = self._build_index(index, faiss_kind, index_params, threads)
         # warm-up: lazy kernel/thread-pool initialisation (and compilation) happens here, not on request 1
         self.recommend([[0]], k=1)
         if backend == "compile":
             self.recommend([[0], [1, 2]], k=1)
+
+    def _build_index(self, index: str, faiss_kind: str, params: dict[str, Any] | None, threads: int | None):
+        if index not in INDEX_CHOICES:
+            raise ValueError(f"unknown index {index!r} (choose one of {', '.join(INDEX_CHOICES)})")
+        chosen = self.manifest.get("index") or {}
+        if index == "auto":
+            kind, source = chosen.get("kind", "exact"), "bundle manifest" if chosen else "default (old bundle)"
+            if kind != "exact" and self.backend == "onnx":  # the ONNX graph yields scores, not the state
+                kind, source = "exact", "onnx backend (an ANN needs the encoder state)"
+        else:
+            kind, source = (faiss_kind if index == "faiss" else index), "override"
+        if kind not in INDEX_KINDS:
+            raise ValueError(f"unknown index kind {kind!r} (choose one of {', '.join(INDEX_KINDS)})")
+        if kind != "exact" and self.backend == "onnx":
+            raise ValueError(f"index {kind!r} needs the encoder state; use backend 'torch' or 'torchscript'")
+        if params is None and chosen.get("kind") == kind:
+            params = chosen.get("params")
+        info: dict[str, Any] = {"kind": kind, "source": source, "params": check_params(kind, params, self.n_items),
+                                "build_s": 0.0, "exact_fallbacks": 0}
+        if kind != "exact":
+            self.index = build_index(kind, self.weight, self.bias, info["params"], threads)
+            self._exact = ExactIndex(self.weight, self.bias)
+            info["build_s"] = round(self.index.build_s, 3)
+        return info
 
     # ------------------------------------------------------------------------------------------- loading
     @classmethod
@@ -166,7 +161,7 @@ class Recommender:
             "folded_hooks": sorted((m.get("folded_hooks") or {}).keys()),
             "created": m.get("created"),
             "backend": self.backend,
-            "index": "faiss" if self.index is not None else "exact",
+            "index": dict(self.index_info),
             "n_items": self.n_items,
             "max_len": self.max_len,
             "raw_ids": self.raw_ids is not None,
@@ -261,7 +256,9 @@ class Recommender:
                 e = min(s + self.max_batch, len(rows))
                 B = self._fill(rows, s, e)
                 if self.index is not None:
-                    vals, idx = self._faiss_topk(rows[s:e], B, k, exclude)
+                    h = self.model.encode(self._seq_t[:B], self._lens_t[:B])
+                    vals, idx, fb = topk_excluding(self.index, self._exact, h, rows[s:e], k, exclude)
+                    self.index_info["exact_fallbacks"] += fb
                 else:
                     scores = self._score_filled(B)
                     if exclude:
@@ -279,19 +276,6 @@ class Recommender:
                         vr, ir = vr[:n], ir[:n]
                     res.append(Recommendation(ir, [titles[j] for j in ir], vr, raw_of(ir)))
         return res
-
-    def _faiss_topk(self, rows: list[list[int]], B: int, k: int, exclude: bool):
-        seq, lens = self._seq_t[:B], self._lens_t[:B]
-        h = self.model.encode(seq, lens)
-        extra = max(len(set(r)) for r in rows) if exclude else 0
-        D, I = self.index.search(h, k + extra)
-        vals, idx = [], []
-        for r, drow, irow in zip(rows, D.tolist(), I.tolist()):
-            seen = set(r) if exclude else ()
-            keep = [(d, i) for d, i in zip(drow, irow) if i >= 0 and i not in seen][:k]
-            vals.append([d for d, _ in keep])
-            idx.append([i for _, i in keep])
-        return vals, idx
 
     # ------------------------------------------------------------------------------------------- public API
     def recommend(self, histories: Iterable[Any], k: int = 10, exclude_history: bool = True,
