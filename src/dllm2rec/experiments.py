@@ -26,6 +26,7 @@ from typing import Any, Callable
 
 from dllm2rec.data.registry import load_or_prepare
 from dllm2rec.errors import ConfigError, Dllm2recError
+from dllm2rec.utils.io import atomic_write_text, read_json, try_read_json
 
 TEACHER = "{teacher}"  # placeholder replaced by the grid's teacher path
 
@@ -76,11 +77,8 @@ def parse_methods(text: str | list[str]) -> list[str]:
 
 def control_spec(teacher: str | None) -> str:
     """The random-teacher control with the real teacher's embedding dim (same shapes), ``random`` without one."""
-    if teacher and Path(teacher, "manifest.json").is_file():
-        try:
-            dim = json.loads(Path(teacher, "manifest.json").read_text(encoding="utf-8")).get("dim")
-        except (OSError, json.JSONDecodeError):
-            dim = None
+    if teacher:
+        dim = (try_read_json(Path(teacher, "manifest.json")) or {}).get("dim")
         if isinstance(dim, int) and dim > 0:
             return f"random:{dim}"
     return "random"
@@ -135,7 +133,7 @@ class RunSpec:
         if self.extend_to is None:
             return True
         try:
-            res = json.loads(f.read_text(encoding="utf-8"))
+            res = read_json(f, ValueError)
             train = res["config"]["train"]
             ran, cap, best, pat = int(res["epochs_run"]), int(train["epochs"]), int(res["best_epoch"]), \
                 int(train["patience"])
@@ -186,8 +184,6 @@ class GridSpec:
 
 
 def _write_experiment_json(spec: RunSpec, config: str | Path | None) -> None:
-    from dllm2rec.utils.io import atomic_write_text
-
     spec.run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(spec.run_dir / "experiment.json", json.dumps({
         "label": spec.label, "method": spec.method, "data": spec.data, "student": spec.student,
@@ -341,7 +337,7 @@ def _run_parallel(todo: list[RunSpec], grid: GridSpec, log: Callable[[str], None
             fh.close()
             release(s)
             if rc == 0 and s.done:
-                res = json.loads((s.run_dir / "results.json").read_text(encoding="utf-8"))
+                res = read_json(s.run_dir / "results.json")
                 log(f"    done {s.run_dir}")
                 _log_result(log, res, time.perf_counter() - t1)
             else:

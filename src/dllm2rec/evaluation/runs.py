@@ -17,6 +17,7 @@ from typing import Any, Iterable
 
 from dllm2rec.errors import Dllm2recError
 from dllm2rec.evaluation.stats import Stat
+from dllm2rec.utils.io import read_json, try_read_json
 
 CONTROL_LABEL = "random-teacher control"
 # display order of known method labels; anything else follows alphabetically
@@ -144,19 +145,9 @@ def load_runs(patterns: Iterable[str | Path], label_from: str | None = None) -> 
     """Every ``results.json`` under/at the given paths or globs, as :class:`Run` records."""
     runs = []
     for rpath in _find_results(patterns):
-        try:
-            res = json.loads(rpath.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as e:
-            raise Dllm2recError(f"{rpath}: unreadable results file ({e})") from None
+        res = read_json(rpath, Dllm2recError)
         run_dir = rpath.parent
-        label = None
-        exp = run_dir / "experiment.json"
-        if exp.is_file():
-            try:
-                label = json.loads(exp.read_text(encoding="utf-8")).get("label")
-            except json.JSONDecodeError:
-                label = None
-        label = label or res.get("label")
+        label = (try_read_json(run_dir / "experiment.json") or {}).get("label") or res.get("label")
         if label and label_from:
             label = f"{label} [{label_from.rsplit('.', 1)[-1]}={_label_value(res, label_from)}]"
         label = label or derive_label(res, label_from)

@@ -2,12 +2,11 @@
 ``teacher_valid``/``teacher_test``, a flat or per-dataset JSON file), read by split and protocol."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Iterable
 
 from dllm2rec.errors import Dllm2recError
-from dllm2rec.utils.io import read_json
+from dllm2rec.utils.io import read_json, try_read_json
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -67,19 +66,12 @@ def teacher_metrics_from_dir(teacher_dir: str | Path | None) -> dict[str, Any]:
     d = Path(teacher_dir)
     for name in ("metrics.json", "eval.json", "test_metrics.json"):
         f = d / name
-        if f.is_file():
-            try:
-                data = json.loads(f.read_text(encoding="utf-8"))
-            except json.JSONDecodeError:
-                continue
-            if isinstance(data, dict):
-                return data
+        data = try_read_json(f)
+        if isinstance(data, dict):
+            return data
     m = d / "manifest.json"
-    if m.is_file():
-        try:
-            man = json.loads(m.read_text(encoding="utf-8"))
-        except json.JSONDecodeError:
-            return {}
+    man = try_read_json(m)
+    if isinstance(man, dict):
         for key in ("metrics", "eval", "evaluation"):
             if isinstance(man.get(key), dict):
                 return man[key]
@@ -107,10 +99,7 @@ def load_teacher_metrics(path: str | Path | None, datasets: Iterable[str] = ()) 
         flat = {k: float(v) for k, v in flatten(tm).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         ds = list(datasets)
         man = p / "manifest.json" if p.is_dir() else p
-        try:
-            name = json.loads(man.read_text(encoding="utf-8")).get("dataset") if man.is_file() else None
-        except json.JSONDecodeError:
-            name = None
+        name = (try_read_json(man) or {}).get("dataset")
         return {str(name or (ds[0] if len(ds) == 1 else "teacher")): flat}
     data = read_json(p, Dllm2recError, "teacher metrics file not found")
     if not isinstance(data, dict):

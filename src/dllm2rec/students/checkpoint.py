@@ -34,7 +34,7 @@ import torch
 
 from dllm2rec.errors import Dllm2recError
 from dllm2rec.students.base import SequentialStudent, build_student
-from dllm2rec.utils.io import atomic_dir, crash_test_hook, disk_errors, write_file_durable
+from dllm2rec.utils.io import atomic_dir, crash_test_hook, disk_errors, read_json, try_read_json, write_file_durable
 
 STATE_FILE = "trainer_state.pt"
 MANIFEST = "checkpoint.json"
@@ -102,7 +102,7 @@ def checkpoint_problem(path: str | Path, require_manifest: bool = False) -> str 
     mf = path / MANIFEST
     if mf.is_file():
         try:
-            man = json.loads(mf.read_text(encoding="utf-8"))
+            man = read_json(mf, ValueError)
             files = dict(man["files"])
             int(man["epoch"])
         except (OSError, ValueError, KeyError, TypeError):
@@ -124,8 +124,8 @@ def checkpoint_problem(path: str | Path, require_manifest: bool = False) -> str 
 
 def checkpoint_epoch(path: str | Path) -> int | None:
     try:
-        return int(json.loads((Path(path) / MANIFEST).read_text(encoding="utf-8"))["epoch"])
-    except (OSError, ValueError, KeyError, TypeError):
+        return int(try_read_json(Path(path) / MANIFEST)["epoch"])
+    except (ValueError, KeyError, TypeError):
         return None
 
 
@@ -240,7 +240,7 @@ def plan_resume(run_dir: Path, cfg, fingerprint: str, notify: bool = True, **loa
     if problem:
         raise Dllm2recError(f"{last}: incomplete checkpoint ({problem}); cannot resume, and restarting from "
                             "epoch 1 would lose the run (start it again without --resume to do that)")
-    info = json.loads((last / "student.json").read_text(encoding="utf-8"))
+    info = read_json(last / "student.json")
     meta = info.get("meta", {})
     fp = meta.get("dataset_fingerprint")
     if fp and fp != fingerprint:
@@ -262,7 +262,7 @@ def plan_resume(run_dir: Path, cfg, fingerprint: str, notify: bool = True, **loa
                          if not (run / "best" / n).is_file()), None)
         bepoch = None
         if bproblem is None:
-            bmeta = json.loads((run / "best" / "student.json").read_text(encoding="utf-8")).get("meta", {})
+            bmeta = read_json(run / "best" / "student.json").get("meta", {})
             bepoch = bmeta.get("epoch")
         if bepoch != best_epoch:
             if best_epoch != epoch:
@@ -285,7 +285,7 @@ def load_student(path: str | Path, map_location: str = "cpu") -> tuple[Sequentia
     for p in (jpath, wpath):
         if not p.is_file():
             raise Dllm2recError(f"{p}: missing (not a dllm2rec student checkpoint)")
-    info = json.loads(jpath.read_text(encoding="utf-8"))
+    info = read_json(jpath)
     kw = dict(info["student"])
     name = kw.pop("name")
     n_items = kw.pop("n_items")

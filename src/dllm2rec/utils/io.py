@@ -234,7 +234,22 @@ def read_json(path: str | Path, error: type[Exception] | None = None, missing: s
         raise error(f"{path}: {missing}") from None
     except UnicodeDecodeError as e:
         raise error(f"{path}: not UTF-8 ({e.reason} at byte {e.start})") from None
+    except OSError as e:
+        raise error(f"{path}: unreadable ({e.strerror or e})") from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
         raise error(f"{path}: malformed JSON ({e.msg} at line {e.lineno})") from None
+
+
+class _Unreadable(Exception):
+    pass
+
+
+def try_read_json(path: str | Path, default: Any = None) -> Any:
+    """``read_json`` for optional files (a run's experiment.json, a teacher's metrics.json): ``default`` when the
+    file is missing, unreadable or malformed, instead of an error."""
+    try:
+        return read_json(path, _Unreadable)
+    except _Unreadable:
+        return default

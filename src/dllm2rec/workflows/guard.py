@@ -31,7 +31,7 @@ from dllm2rec.evaluation.teacher_metrics import (
 )
 from dllm2rec.teachers.artifacts import TeacherArtifacts
 from dllm2rec.training.trainer import Trainer
-from dllm2rec.utils.io import atomic_write_text
+from dllm2rec.utils.io import atomic_write_text, read_json
 
 #: the plain student, expressed in the guard's space (λ = 0 and ed_weight = 0 switch both DLLM2Rec terms off)
 PLAIN = {"lam": 0.0, "ed_weight": 0.0}
@@ -57,7 +57,7 @@ def _run(cfg: RunConfig, ds, run_dir: Path, quiet: bool = True) -> dict[str, Any
     """Train (or reuse a finished) run; returns its results.json content."""
     res_path = run_dir / "results.json"
     if res_path.is_file():
-        return json.loads(res_path.read_text(encoding="utf-8"))
+        return read_json(res_path)
     return Trainer(cfg, ds, run_dir, quiet=quiet).fit()
 
 
