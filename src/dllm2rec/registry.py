@@ -45,7 +45,19 @@ def register_strategy(name: str):
 
 
 def register_teacher(name: str):
-    return _register("teacher", name)
+    """Register a ``dllm2rec.teachers.base.Teacher`` subclass; ``name`` becomes its ``name`` (manifest 'teacher').
+
+    Checked by shape, not by isinstance, so this layer-0 module never imports the teachers."""
+    inner = _register("teacher", name)
+
+    def deco(cls: T) -> T:
+        missing = [a for a in ("config_cls", "fit", "artifacts", "from_config") if not hasattr(cls, a)]
+        if missing:
+            raise TypeError(f"teacher '{name}' ({cls!r}) is not a Teacher: it lacks {', '.join(missing)}")
+        cls.name = name  # type: ignore[attr-defined]
+        return inner(cls)
+
+    return deco
 
 
 def _load_builtins(kind: str) -> None:

@@ -1,4 +1,4 @@
-"""``dllm2rec teacher import|export|validate|stats`` — teacher artifacts on disk."""
+"""``dllm2rec teacher list|import|export|validate|stats`` — the registered teacher families; artifacts on disk."""
 from __future__ import annotations
 
 import json
@@ -14,7 +14,29 @@ def _dataset(path: str):
     return load_or_prepare(path)  # the one resolver: a prepared dir or a preset name
 
 
+def _default(v) -> str:
+    return "(required)" if repr(v) == "PydanticUndefined" else repr(v)
+
+
 def register(app: typer.Typer) -> None:
+    @app.command("list")
+    def list_cmd(
+        as_json: bool = typer.Option(False, "--json", help="Print the listing as JSON."),
+    ) -> None:
+        """Registered teacher families (dllm2rec.registry): stages and typed config fields."""
+        from dllm2rec.registry import available, get_teacher
+
+        fams = [get_teacher(n).describe() for n in available("teacher")]
+        if as_json:
+            typer.echo(json.dumps(fams, indent=1, default=repr))
+            return
+        for f in fams:
+            typer.echo(f"{f['name']}  (kind {f['kind']}): {f['label']}")
+            typer.echo(f"  stages: {' -> '.join(f['stages'])}")
+            for c in f["config"]:
+                typer.echo(f"  {c['name']}: {c['type']} = {_default(c['default'])}"
+                           + (f"  # {c['description']}" if c["description"] else ""))
+
     @app.command("import")
     def import_cmd(
         source: Path = typer.Argument(..., help="Directory with all_embeddings.pt, myrank_train.txt, "

@@ -35,14 +35,17 @@ import hashlib
 import json
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Literal
 
 import numpy as np
+from pydantic import Field
 
 from dllm2rec.errors import ConfigError
 from dllm2rec.registry import register_teacher
+from dllm2rec.teachers.base import Teacher, TeacherConfig, dataset_identity, train_positions
 from dllm2rec.teachers.llmemb_fit import has_checkpoint, train_model
 from dllm2rec.teachers.llmemb_model import (  # noqa: F401  (re-exported: tests and benchmarks import them here)
     ITEM_LOSSES,
@@ -110,15 +113,52 @@ def select_train_rows(n_rows: int, budget: int | None = None, rows_fraction: flo
 
 
 # ---------------------------------------------------------------------------------------------------- teacher
+class LLMEmbTeacherConfig(TeacherConfig):
+    """The typed face of :class:`LLMEmbConfig` (the dataclass the fit code uses): same fields, same defaults (a
+    unit test keeps them equal), with ranges, so ``LLMEmbTeacher.from_config`` names a bad field."""
+
+    encoder: Literal["minilm", "smollm2", "random"] = Field("minilm", description="frozen title encoder")
+    dim: int = Field(64, ge=1, description="transformer / adapter width d (divisible by n_heads)")
+    n_layers: int = Field(2, ge=1, description="transformer layers")
+    n_heads: int = Field(2, ge=1, description="attention heads")
+    dropout: float = Field(0.2, ge=0, lt=1, allow_inf_nan=False)
+    id_emb: bool = Field(False, description="add a learned per-item ID embedding")
+    item_bias: bool = Field(True, description="learned per-item score bias")
+    adapter: Literal["mlp", "linear"] = Field("mlp", description="title adapter: mlp (E -> 2d -> d) | linear")
+    all_positions: bool = Field(False, description="cross-entropy at every prefix position, not the last only")
+    lr: float = Field(1e-3, gt=0, allow_inf_nan=False)
+    weight_decay: float = Field(0.01, ge=0, allow_inf_nan=False)
+    batch_size: int = Field(256, ge=1)
+    epochs: int = Field(40, ge=1, description="maximum epochs (early stopping on validation NDCG@20)")
+    patience: int = Field(3, ge=0, description="epochs without a validation gain before stopping")
+    mask_history: Literal["auto", "on", "off"] = Field("auto", description="mask history items when ranking")
+    cv_folds: int = Field(0, ge=0, description="K >= 2: cross-fitted training-row scores; 0 = in-sample")
+    top_n: int = Field(20, ge=1, description="items ranked per training row")
+    pop_tau: float = Field(0.0, ge=0, allow_inf_nan=False, description="popularity logit adjustment tau")
+    seed: int = 0
+    threads: int = Field(1, ge=0, description="torch threads (0: leave as is)")
+    eval_batch: int = Field(1024, ge=1)
+    item_loss: Literal["auto", "full", "sampled"] = Field("auto", description="full | sampled softmax | auto")
+    negatives: int = Field(2048, ge=1, description="sampled softmax: uniform negatives per step")
+    sampled_above: int = Field(10000, ge=0, description="auto: sampled softmax above this many items")
+
+
 @register_teacher(TEACHER_NAME)
-class LLMEmbTeacher:
+class LLMEmbTeacher(Teacher):
     """The LLM-embedding sequential teacher. ``fit(dataset)`` then ``artifacts(dataset)`` (see module docstring)."""
 
     label = LABEL
     kind = TEACHER_KIND
+    config_cls = LLMEmbTeacherConfig
+    stages = ("fit", "artifacts", "evaluate")
 
-    def __init__(self, config: LLMEmbConfig | None = None, **kwargs):
-        self.cfg = config or LLMEmbConfig(**kwargs)
+    def __init__(self, config: LLMEmbConfig | LLMEmbTeacherConfig | Mapping | None = None, **kwargs):
+        if config is not None and kwargs:
+            raise ConfigError(f"teacher '{TEACHER_NAME}': pass a config or keyword fields, not both")
+        if isinstance(config, LLMEmbConfig):
+            self.cfg = config
+        else:  # typed validation first (names the field), then the dataclass the fit code reads
+            self.cfg = LLMEmbConfig(**self.validate_config(kwargs if config is None else config).model_dump())
         self.model: LLMEmbSeqModel | None = None
         self.title_emb: np.ndarray | None = None
         self.mask: bool = self.cfg.mask_history != "off"
@@ -266,6 +306,20 @@ class LLMEmbTeacher:
             t.set_pop_tau(c.pop_tau, dataset)
         return t
 
+    def save(self, path, dataset=None) -> None:
+        self.save_model(path, dataset)
+
+    @classmethod
+    def load(cls, path, dataset=None) -> "LLMEmbTeacher":
+        return cls.load_model(path, dataset)
+
+    @property
+    def config(self) -> LLMEmbTeacherConfig:
+        return LLMEmbTeacherConfig.model_validate(asdict(self.cfg))
+
+    def config_dict(self) -> dict:
+        return asdict(self.cfg)
+
     def _need_model(self) -> None:
         if self.model is None:
             raise ConfigError("the llm-emb teacher is not trained; call fit(dataset) first")
@@ -281,9 +335,7 @@ class LLMEmbTeacher:
         self._need_model()
         cfg, train = self.cfg, dataset["train"]
         R = len(train)
-        pos = np.arange(R) if rows is None else np.unique(np.asarray(rows, dtype=np.int64))
-        if len(pos) and (pos[0] < 0 or pos[-1] >= R):
-            raise ConfigError(f"training-row positions must lie in 0..{R - 1}")
+        pos = np.arange(R) if rows is None else train_positions(dataset, rows)
         t0 = time.time()
         n = min(cfg.top_n, dataset.n_items)
         ids, dist = np.full((R, n), -1, np.int64), np.full((R, n), np.nan, np.float32)
@@ -312,7 +364,7 @@ class LLMEmbTeacher:
         covered[pos] = True
         valid = self.evaluate(dataset, "valid", ks=(10, 20))
         test = self.evaluate(dataset, "test", ks=(10, 20))
-        manifest = {
+        body = {
             "teacher": TEACHER_NAME, "kind": TEACHER_KIND, "label": LABEL,
             **encoder_info(cfg.encoder),
             "item_emb_source": f"frozen {cfg.encoder} title embeddings (fp16), not the trained adapter output",
@@ -333,7 +385,7 @@ class LLMEmbTeacher:
             "score_seconds": round(score_s, 1),
             **self.title_notes,
         }
-        manifest.update(extra_manifest)
+        manifest = self.manifest(dataset, body, **extra_manifest)
         art = TeacherArtifacts.from_rankings(self.title_emb.astype(np.float16), ids, dist, covered, tdist, **manifest)
         return art.validate(dataset)
 
@@ -359,6 +411,8 @@ def fit_and_save(dataset, out, config: LLMEmbConfig, log: Callable[[str], None] 
                                                  "seed": config.seed, "rows": int(len(pos))})
     art = teacher.artifacts(dataset, rows=pos, **extra)
     art.manifest["total_seconds"] = round(time.time() - t0, 1)
+    for k in dataset_identity(dataset):  # after total_seconds on disk, where TeacherArtifacts.save used to add them
+        art.manifest[k] = art.manifest.pop(k)
     art.save(out, dataset)
     if model_dir is not None:
         teacher.save_model(model_dir, dataset)

@@ -221,6 +221,39 @@ def ground_generation(gen_dir: str | Path, dataset, encoder: TextEncoder, item_e
     return Grounded(positions, ids, dist, tdist, trank, exact)
 
 
+def grounding_encoder(dataset, model: str, encoder: str, batch_size: int = 32):
+    """(encoder, model ref or None, cached item embeddings): the base model without LoRA for 'llm'."""
+    from dllm2rec.teachers.models import load_causal_lm, load_tokenizer, resolve_model
+
+    ref = None
+    if encoder == "llm":
+        ref = resolve_model(model)
+        enc = make_encoder("llm", load_causal_lm(ref), load_tokenizer(ref), ref.model_id)
+        # key on the weights' identity so a re-trained model at the same path is not served stale vectors
+        stamp = sorted((f.name, f.stat().st_size, int(f.stat().st_mtime)) for f in ref.path.glob("*.safetensors"))
+        key = f"llm|{ref.path.resolve()}|{stamp}"
+    else:
+        enc = make_encoder(encoder)
+        key = encoder
+    return enc, ref, item_embeddings(enc, dataset.titles, cache_key=key, batch_size=batch_size)
+
+
+def select_grounded(g: Grounded, rows) -> Grounded:
+    """Only the grounded rows whose positions are in ``rows`` (the others become uncovered in the artifacts)."""
+    keep = np.isin(g.positions, np.asarray(rows, dtype=np.int64))
+    return Grounded(g.positions[keep], g.topk_ids[keep], g.topk_dist[keep], g.target_dist[keep],
+                    g.target_rank[keep], g.exact_match[keep])
+
+
+def grounding_manifest(plan, encoder: TextEncoder, g: Grounded, commands: list[str]) -> dict:
+    """BIGRec's own manifest keys: the generation's model and decoding (from its plan), the grounding encoder."""
+    return {"teacher": "bigrec", "kind": "bigrec", "model_id": plan.model_id, "adapter": plan.adapter,
+            "pooling": encoder.pooling, "distance": "l2" if not plan.decoding.get("constrained") else "neg-logprob+l2",
+            "grounding_encoder": encoder.name, "decoding": plan.decoding, "rows_covered": int(len(g.positions)),
+            "catalogue_title_rate": float(g.exact_match.mean()) if len(g.positions) else None,
+            "commands": [c for c in (plan.extra.get("command"), *commands) if c]}
+
+
 def build_artifacts(dataset, grounded: Grounded, item_emb: np.ndarray, manifest: dict, emb_dtype: str = "float32"):
     """TeacherArtifacts over the whole train split: generated rows covered, the rest covered=False."""
     from dllm2rec.teachers.artifacts import TeacherArtifacts
