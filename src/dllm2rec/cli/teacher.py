@@ -110,8 +110,15 @@ def register(app: typer.Typer) -> None:
         dtype: str = typer.Option("float32", help="float32 | bfloat16."),
         device: str = typer.Option("cpu", help="cpu | cuda | auto (hf backend)."),
         threads: Optional[int] = typer.Option(None),
+        engine: str = typer.Option("local", help="local (lock-file workers on one directory) | ray (one Ray task "
+                                                 "per shard; docs/ray.md)."),
+        ray_address: Optional[str] = typer.Option(None, help="--engine ray: default starts a local Ray; 'auto' "
+                                                             "joins this machine's cluster, or HOST:PORT."),
+        ray_num_cpus: Optional[int] = typer.Option(None, help="--engine ray: CPUs of the local Ray (default all)."),
+        ray_num_gpus_per_task: float = typer.Option(0.0, help="--engine ray: GPUs per shard task (1 for vLLM)."),
+        ray_max_retries: int = typer.Option(3, help="--engine ray: reruns of a shard whose worker died."),
     ) -> None:
-        """Beam generation for one split, sharded and resumable (docs/teacher.md)."""
+        """Beam generation for one split, sharded and resumable (docs/teacher.md, docs/ray.md)."""
         from dllm2rec.errors import ConfigError
         from dllm2rec.teachers.bigrec.generate import (
             GenConfig,
@@ -133,6 +140,12 @@ def register(app: typer.Typer) -> None:
         ds = _load_dataset(dataset)
         if backend not in ("hf", "vllm"):
             raise ConfigError(f"--backend must be 'hf' or 'vllm', got {backend!r}")
+        if engine not in ("local", "ray"):
+            raise ConfigError(f"--engine must be 'local' or 'ray', got {engine!r}")
+        if engine == "ray" and (worker_id, num_workers) != (0, 1):
+            raise ConfigError("--worker-id/--num-workers are for --engine local; Ray schedules the shards itself")
+        if engine == "local" and (ray_address, ray_num_cpus, ray_num_gpus_per_task) != (None, None, 0.0):
+            raise ConfigError("--ray-address/--ray-num-cpus/--ray-num-gpus-per-task need --engine ray")
         cfg = GenConfig(num_beams=num_beams, max_new_tokens=max_new_tokens, constrained=constrained,
                         batch_size=batch_size, length_penalty=length_penalty, reuse_prompt_cache=prompt_cache,
                         share_prefix=share_prefix,
@@ -140,13 +153,22 @@ def register(app: typer.Typer) -> None:
         ref = resolve_model(model)
         positions = select_rows(len(ds[split]), rows, budget, select, seed)
 
-        def factory():
+        def factory():  # also pickled to each Ray worker with --engine ray, hence the thread setting here too
+            _threads(threads)
             if backend == "vllm":
                 return VLLMBackend(str(ref.path), cfg, None if adapter is None else str(adapter))
             return HFBackend(load_causal_lm(ref, dtype, adapter, device=device), load_tokenizer(ref), cfg, ds.titles)
 
-        res = run_generation(ds, split, out, factory, cfg, ref.model_id, adapter, positions, shard_size,
-                             worker_id, num_workers, lock_timeout, extra={"command": _command()})
+        if engine == "ray":
+            from dllm2rec.teachers.bigrec.ray_engine import run_generation_ray
+
+            res = run_generation_ray(ds, split, out, factory, cfg, ref.model_id, adapter, positions, shard_size,
+                                     extra={"command": _command()}, address=ray_address, num_cpus=ray_num_cpus,
+                                     num_gpus_per_task=ray_num_gpus_per_task, cpus_per_task=threads or 1,
+                                     max_retries=ray_max_retries)
+        else:
+            res = run_generation(ds, split, out, factory, cfg, ref.model_id, adapter, positions, shard_size,
+                                 worker_id, num_workers, lock_timeout, extra={"command": _command()})
         typer.echo(json.dumps(res, indent=1))
 
     @app.command()

@@ -11,6 +11,9 @@ processes (``--num-workers N --worker-id i``, or simply N processes with the def
 a worker only generates a shard after creating its lock file exclusively; a lock whose mtime is older than
 ``lock_timeout`` seconds (a worker died) is broken by renaming it away (only one breaker wins) and re-claimed.
 
+Two engines share the plan, the shard files and the per-shard code (``generate_shard``): this module's lock-file
+workers (``run_generation``, ``--engine local``) and Ray tasks (``ray_engine.run_generation_ray``, ``--engine ray``).
+
 Row selection (``select_rows``): all rows of the split, or ``rows`` = "START:END" (positions), or ``budget`` N rows —
 the first N (``select="first"``) or a seeded uniform random N (``select="random"``, sorted). The plan stores the
 positions, so every worker and every rerun agrees on them.
@@ -261,29 +264,80 @@ def read_shards(out: Path) -> tuple[Plan, list[dict]]:
     return plan, shards
 
 
+# ----------------------------------------------------------------------------------------------- one shard
+def pending_shards(out: Path, plan: Plan) -> list[int]:
+    """Shards without a finished shard file: what any engine still has to generate."""
+    return [i for i in range(plan.n_shards) if not shard_path(out, i).is_file()]
+
+
+def prepare_plan(dataset, split: str, out: str | Path, cfg: GenConfig, model_id: str, adapter: str | None = None,
+                 positions: np.ndarray | None = None, shard_size: int = 64, extra: dict | None = None) -> Plan:
+    """Write the plan of a new directory, or check that an existing one holds the same plan (every engine)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if positions is None:
+        positions = np.arange(len(dataset[split]))
+    return write_or_check_plan(out, Plan(split, [int(p) for p in positions], int(shard_size), dataset.fingerprint(),
+                                         model_id, None if adapter is None else str(adapter), cfg.decoding(),
+                                         dict(extra or {})))
+
+
+def generate_shard(dataset, plan: Plan, i: int, backend: Backend, cfg: GenConfig, on_batch=None) -> dict:
+    """The record of shard ``i`` (what ``shard-NNNNN.json`` holds). The one generation code of every engine: the
+    local lock-file workers and the Ray tasks (ray_engine.py) both call it. ``on_batch(rows)`` after each batch."""
+    from dllm2rec.teachers.bigrec.prompts import row_prompts
+
+    pos = plan.shard_positions(i)
+    prompts = row_prompts(dataset, plan.split, pos, cfg.domain, cfg.max_history)
+    rec: dict = {"shard": i, "positions": pos, "row_id": dataset[plan.split].row_id[pos].tolist(),
+                 "texts": [], "scores": [], "logprobs": [], "items": [] if cfg.constrained else None,
+                 "batch_seconds": [], "batch_rows": []}
+    # batch prompts of similar length together (less left padding), write results in row order
+    order = sorted(range(len(pos)), key=lambda j: len(prompts[j]))
+    results: dict[int, RowBeams] = {}
+    for s in range(0, len(pos), cfg.batch_size):
+        idx = order[s:s + cfg.batch_size]
+        t0 = time.perf_counter()
+        beams = backend.generate([prompts[j] for j in idx])
+        dt = time.perf_counter() - t0
+        rec["batch_seconds"].append(round(dt, 4))
+        rec["batch_rows"].append(len(beams))
+        results.update(zip(idx, beams))
+        if on_batch is not None:
+            on_batch(len(beams))
+    for j in range(len(pos)):
+        rb = results[j]
+        rec["texts"].append(rb.texts)
+        rec["scores"].append(rb.scores)
+        rec["logprobs"].append(rb.logprobs)
+        if cfg.constrained:
+            rec["items"].append(rb.items)
+    rec["seconds"] = round(sum(rec["batch_seconds"]), 4)
+    rec["worker"] = f"{socket.gethostname()}:{os.getpid()}"
+    return rec
+
+
+def write_shard(out: Path, i: int, rec: dict) -> None:
+    """Atomic (temp file + rename): a process killed mid-write leaves no shard file, so a partial shard never
+    counts as finished."""
+    atomic_write_text(shard_path(out, i), json.dumps(rec))
+
+
 # ----------------------------------------------------------------------------------------------- the run
 def run_generation(dataset, split: str, out: str | Path, backend_factory, cfg: GenConfig, model_id: str,
                    adapter: str | None = None, positions: np.ndarray | None = None, shard_size: int = 64,
                    worker_id: int = 0, num_workers: int = 1, lock_timeout: float = 1800.0,
                    max_shards: int | None = None, extra: dict | None = None) -> dict:
-    """Generate every unfinished shard this worker can claim. ``backend_factory()`` is called only if there is work
-    (a rerun over a finished directory never loads the model). ``max_shards`` stops after that many shards
-    (tests use it to simulate an interruption)."""
-    from dllm2rec.teachers.bigrec.prompts import row_prompts
-
+    """Generate every unfinished shard this worker can claim (the local lock-file engine). ``backend_factory()`` is
+    called only if there is work (a rerun over a finished directory never loads the model). ``max_shards`` stops
+    after that many shards (tests use it to simulate an interruption)."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     if not 0 <= worker_id < num_workers:
         raise ConfigError(f"--worker-id must be in 0..{num_workers - 1}, got {worker_id}")
-    if positions is None:
-        positions = np.arange(len(dataset[split]))
-    plan = write_or_check_plan(out, Plan(split, [int(p) for p in positions], int(shard_size), dataset.fingerprint(),
-                                         model_id, None if adapter is None else str(adapter), cfg.decoding(),
-                                         dict(extra or {})))
-    todo = [i for i in range(plan.n_shards) if i % num_workers == worker_id and not shard_path(out, i).is_file()]
+    plan = prepare_plan(dataset, split, out, cfg, model_id, adapter, positions, shard_size, extra)
+    todo = [i for i in pending_shards(out, plan) if i % num_workers == worker_id]
     backend = None
     done_now, skipped_locked, rows_now, secs = 0, 0, 0, 0.0
-    split_obj = dataset[split]
     bar = progress(total=sum(len(plan.shard_positions(i)) for i in todo), desc=f"generate {split}", unit="row")
     try:
         for i in todo:
@@ -297,36 +351,15 @@ def run_generation(dataset, split: str, out: str | Path, backend_factory, cfg: G
                     continue
                 if backend is None:
                     backend = backend_factory()
-                pos = plan.shard_positions(i)
-                prompts = row_prompts(dataset, split, pos, cfg.domain, cfg.max_history)
-                rec: dict = {"shard": i, "positions": pos, "row_id": split_obj.row_id[pos].tolist(),
-                             "texts": [], "scores": [], "logprobs": [], "items": [] if cfg.constrained else None,
-                             "batch_seconds": [], "batch_rows": []}
-                # batch prompts of similar length together (less left padding), write results in row order
-                order = sorted(range(len(pos)), key=lambda j: len(prompts[j]))
-                results: dict[int, RowBeams] = {}
-                for s in range(0, len(pos), cfg.batch_size):
-                    idx = order[s:s + cfg.batch_size]
-                    t0 = time.perf_counter()
-                    beams = backend.generate([prompts[j] for j in idx])
-                    dt = time.perf_counter() - t0
-                    rec["batch_seconds"].append(round(dt, 4))
-                    rec["batch_rows"].append(len(beams))
-                    results.update(zip(idx, beams))
+
+                def on_batch(rows: int, i: int = i) -> None:
                     heartbeat(out, i)
-                    bar.update(len(beams))
-                for j in range(len(pos)):
-                    rb = results[j]
-                    rec["texts"].append(rb.texts)
-                    rec["scores"].append(rb.scores)
-                    rec["logprobs"].append(rb.logprobs)
-                    if cfg.constrained:
-                        rec["items"].append(rb.items)
-                rec["seconds"] = round(sum(rec["batch_seconds"]), 4)
-                rec["worker"] = f"{socket.gethostname()}:{os.getpid()}"
-                atomic_write_text(shard_path(out, i), json.dumps(rec))
+                    bar.update(rows)
+
+                rec = generate_shard(dataset, plan, i, backend, cfg, on_batch)
+                write_shard(out, i, rec)
                 done_now += 1
-                rows_now += len(pos)
+                rows_now += len(rec["positions"])
                 secs += rec["seconds"]
             finally:
                 release(out, i)
