@@ -14,17 +14,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
-from dllm2rec.config import RunConfig, load_config
+from dllm2rec.config import RunConfig, apply_overrides, load_config
 from dllm2rec.data.registry import PRESETS, load_or_prepare, prepare
 from dllm2rec.data.schema import SeqDataset
+from dllm2rec.errors import ConfigError
+from dllm2rec.training.trainer import Trainer
 
 
 def load_dataset(name_or_path: str | Path, source: str | Path | None = None) -> SeqDataset:
     """A prepared dataset directory, or a preset name (prepared on first use; from ``source`` if given)."""
     if source is not None:
         if str(name_or_path) not in PRESETS:
-            from dllm2rec.errors import ConfigError
-
             raise ConfigError(f"source= needs a preset name ({', '.join(PRESETS)}), got '{name_or_path}'")
         return prepare(str(name_or_path), source=source)
     return load_or_prepare(name_or_path)
@@ -36,7 +36,6 @@ def fit(config: str | Path | RunConfig | None = None, *, data: str | Path | None
         resume: bool = False, quiet: bool = True) -> dict[str, Any]:
     """Train one student (distilled when ``teacher`` is given: strategy ``dllm2rec`` unless named) and return its
     results (validation-selected; test evaluated once), with ``run_dir`` added. Same as ``dllm2rec train``."""
-    from dllm2rec.training.trainer import Trainer
 
     ov = list(overrides)
     if data is not None:
@@ -53,9 +52,6 @@ def fit(config: str | Path | RunConfig | None = None, *, data: str | Path | None
         ov.append(f"name={name}")
     if isinstance(config, RunConfig):  # a config object: the keyword arguments override it, as -o does
         from pydantic import ValidationError
-
-        from dllm2rec.config import apply_overrides
-        from dllm2rec.errors import ConfigError
 
         try:
             cfg = RunConfig.model_validate(apply_overrides(config.model_dump(), ov))

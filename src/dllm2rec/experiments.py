@@ -24,8 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from dllm2rec.config import load_config
 from dllm2rec.data.registry import load_or_prepare
 from dllm2rec.errors import ConfigError, Dllm2recError
+from dllm2rec.training.trainer import Trainer
 from dllm2rec.utils.io import atomic_write_text, read_json, try_read_json
 
 TEACHER = "{teacher}"  # placeholder replaced by the grid's teacher path
@@ -165,7 +167,6 @@ class GridSpec:
         specs = []
         extend_to = None
         if self.resume:  # finished runs that ran into a smaller epoch cap are continued to the current one
-            from dllm2rec.config import load_config
 
             extend_to = load_config(self.config, list(self.overrides)).train.epochs
         for seed in self.seeds:
@@ -205,8 +206,6 @@ def _train_cmd(spec: RunSpec, config: str | Path | None, resume: bool) -> list[s
 def run_one(spec: RunSpec, config: str | Path | None = None, resume: bool = False,
             quiet: bool | None = True, dataset_cache: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train one cell in-process (the dataset is loaded once per grid through ``dataset_cache``)."""
-    from dllm2rec.config import load_config
-    from dllm2rec.training.trainer import Trainer
 
     cfg = load_config(config, spec.overrides)
     cache = dataset_cache if dataset_cache is not None else {}

@@ -7,13 +7,13 @@ from typing import Any
 from dllm2rec.evaluation.protocol import top_k
 from dllm2rec.evaluation.runs import Run, method_sort_key
 from dllm2rec.evaluation.stats import Stat
+from dllm2rec.students.checkpoint import load_student
 
 
 def teacher_student_analysis(dataset, teacher, runs: list[Run], k: int = 20, max_rows: int | None = 20000,
                              seed: int = 0, batch: int = 1024) -> dict[str, Any]:
     """Does the student learn what the teacher knows? Measured on the teacher-covered TRAIN rows (the only rows a
     teacher answers; the rows the distillation loss sees), for each run's selected checkpoint:
-
     - teacher HR@k: the true target inside the teacher's top-k (how informative the distilled ranking is);
     - student HR@k on the same rows, overall and split by whether the teacher got the row right;
     - overlap: mean |student top-k ∩ teacher top-k| / k.
@@ -24,8 +24,6 @@ def teacher_student_analysis(dataset, teacher, runs: list[Run], k: int = 20, max
     """
     import numpy as np
     import torch
-
-    from dllm2rec.students.checkpoint import load_student
 
     tr = dataset["train"]
     covered = np.flatnonzero(np.asarray(teacher.covered, dtype=bool))

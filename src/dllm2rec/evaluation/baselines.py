@@ -14,6 +14,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from dllm2rec.errors import Dllm2recError
+from dllm2rec.evaluation.protocol import evaluate
+
 BASELINES = ("popularity",)
 
 
@@ -55,8 +58,6 @@ def popularity_scorer(ds, fit_split: str = "train") -> ConstantScorer:
 def evaluate_baseline(name: str, ds, split: str = "test", ks: Iterable[int] = (1, 5, 10, 20), batch: int = 1024,
                       exclude_history: bool = False, item_chunk: int | None = None) -> dict[str, float]:
     """HR/NDCG@K of baseline ``name`` on ``ds[split]`` (metric keys as for a student: ``full/HR@20``)."""
-    from dllm2rec.errors import Dllm2recError
-    from dllm2rec.evaluation.protocol import evaluate
 
     if name not in BASELINES:
         raise Dllm2recError(f"--baseline: unknown baseline '{name}' (choose from {', '.join(BASELINES)})")

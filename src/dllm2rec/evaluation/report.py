@@ -25,6 +25,7 @@ from dllm2rec.errors import Dllm2recError
 from dllm2rec.evaluation.plots import plot_bars, plot_curves
 from dllm2rec.evaluation.runs import CONTROL_LABEL, Group, _metric_key, aggregate, load_runs
 from dllm2rec.evaluation.teacher_metrics import find_metric, load_teacher_metrics, teacher_protocol
+from dllm2rec.utils.io import atomic_write_text
 
 PROTOCOL_CAPTION = "full ranking over all items, valid-selected, test at selected epoch"
 PROTOCOL_NAMES = {"full": "full ranking over all items, history not masked",
@@ -121,7 +122,6 @@ def build_report(patterns: Iterable[str | Path], out: str | Path, label_from: st
                  teacher_metrics: str | Path | dict | None = None, title: str | None = None,
                  plots: bool = True) -> dict[str, Any]:
     """Collect runs, write ``report.md``, ``summary.json`` and (``plots``) ``curves.png`` / ``bars.png`` to ``out``."""
-    from dllm2rec.utils.io import atomic_write_text
 
     patterns = list(patterns)
     runs = load_runs(patterns, label_from)

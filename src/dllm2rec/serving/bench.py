@@ -29,16 +29,19 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from dllm2rec.data import SeqDataset, make_split
 from dllm2rec.errors import ArtifactError
+from dllm2rec.serving.bundle import export_bundle
+from dllm2rec.serving.recommender import Recommender
+from dllm2rec.students import build_student
+from dllm2rec.students.checkpoint import save_student
+from dllm2rec.teachers.bigrec.prompts import build_prompt
+from dllm2rec.utils.io import atomic_write_text
 
 
 # --------------------------------------------------------------------------------------------- helpers
 def synthetic_bundle(out: str | Path, n_items: int = 17_000, student: str = "sasrec", max_len: int = 10,
                      dim: int = 64, onnx: bool = True, seed: int = 0) -> Path:
-    from dllm2rec.data import SeqDataset, make_split
-    from dllm2rec.serving.bundle import export_bundle
-    from dllm2rec.students import build_student
-    from dllm2rec.students.checkpoint import save_student
 
     torch.manual_seed(seed)
     out = Path(out)
@@ -182,17 +185,8 @@ def bench_teacher(model_path: str | Path, histories: list[list[int]], titles: li
 
 
 def _teacher_prompt(history_titles: list[str]) -> str:
-    """The BIGRec prompt (teachers.bigrec.prompts) when available, else the same template inline."""
-    try:
-        from dllm2rec.teachers.bigrec.prompts import build_prompt
-
-        return build_prompt("generic", history_titles)
-    except ImportError:
-        return ("Below is an instruction that describes a task, paired with an input that provides further context. "
-                "Write a response that appropriately completes the request.\n\n### Instruction:\nGiven a list of "
-                "items the user has interacted with before, please recommend a new item that the user likes to the "
-                "user.\n\n### Input:\nThe user has interacted with the following items before:"
-                + ", ".join(f'"{t}"' for t in history_titles) + "\n \n\n### Response:\n")
+    """The BIGRec prompt of the teacher being timed (teachers.bigrec.prompts, generic domain)."""
+    return build_prompt("generic", history_titles)
 
 
 # --------------------------------------------------------------------------------------------- HTTP
@@ -339,8 +333,6 @@ def run_bench(bundle: str | Path | None = None, *, backends: tuple[str, ...] = (
               http: bool = True, requests: int = 10_000, concurrency: int = 8, http_backend: str = "torch",
               teacher_model: str | Path | None = None, teacher_requests: int = 3, teacher_max_new_tokens: int = 32,
               teacher_beams: int = 1, echo: Callable[[str], None] = print) -> dict[str, Any]:
-    from dllm2rec.serving.recommender import Recommender
-
     old_threads = torch.get_num_threads()
     if threads:
         torch.set_num_threads(int(threads))
@@ -453,6 +445,4 @@ def _run(bundle, backends, iters, batch, batch_iters, k, threads, http, requests
 
 
 def dump(res: dict[str, Any], path: str | Path) -> None:
-    from dllm2rec.utils.io import atomic_write_text
-
     atomic_write_text(path, json.dumps(res, indent=2, default=float))

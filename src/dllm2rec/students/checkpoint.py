@@ -32,8 +32,10 @@ from typing import Any
 
 import torch
 
+from dllm2rec.config import resume_changes
 from dllm2rec.errors import Dllm2recError
 from dllm2rec.students.base import SequentialStudent, build_student
+from dllm2rec.students.hooks import build_hook
 from dllm2rec.utils.io import atomic_dir, crash_test_hook, disk_errors, read_json, try_read_json, write_file_durable
 
 STATE_FILE = "trainer_state.pt"
@@ -222,7 +224,6 @@ def plan_resume(run_dir: Path, cfg, fingerprint: str, notify: bool = True, **loa
     documented-safe, a ``best/`` that does not hold the selected epoch (except right after a kill between ``last/``
     and ``best/`` of the best epoch: then ``rebuild_best``).
     """
-    from dllm2rec.config import resume_changes
 
     last, run = run_dir / "last", run_dir
     if not last.exists():
@@ -293,8 +294,6 @@ def load_student(path: str | Path, map_location: str = "cpu") -> tuple[Sequentia
     state = load_file(str(wpath), device=map_location)
     extras = {k[len("__extra__."):]: state.pop(k) for k in list(state) if k.startswith("__extra__.")}
     for attr, spec in info.get("hooks", {}).items():
-        from dllm2rec.students.hooks import build_hook
-
         setattr(model, attr, build_hook(spec, state, prefix=f"{attr}."))
     model.load_state_dict(state)
     model.eval()

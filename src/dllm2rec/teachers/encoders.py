@@ -24,6 +24,8 @@ from typing import Callable, Sequence
 import numpy as np
 
 from dllm2rec.errors import ConfigError, MissingDependencyError
+from dllm2rec.utils.io import atomic_dir, atomic_path
+from dllm2rec.utils.progress import progress
 
 ENCODERS = ("minilm", "smollm2", "random")
 _VERSION = "1"  # bump when the pooling of an encoder changes (invalidates the cache)
@@ -96,8 +98,6 @@ def smollm2_hf_dir() -> Path:
         return target
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from dllm2rec.utils.io import atomic_dir
-
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     # the GGUF weights are already dequantised to fp32; drop the gguf "quantizer" so save_pretrained accepts them
@@ -151,7 +151,6 @@ def encode_titles(titles: Sequence[str], encoder: str = "minilm", cache: bool = 
 
     Encoding shows a progress bar over the titles with an ETA (quiet under CI / ``DLLM2REC_PROGRESS=0``, see
     ``dllm2rec.utils.progress``); a cache hit is logged through ``log``."""
-    from dllm2rec.utils.progress import progress
 
     if encoder not in ENCODERS:
         raise ConfigError(f"unknown title encoder '{encoder}'; choose one of: {', '.join(ENCODERS)}")
@@ -181,8 +180,6 @@ def encode_titles(titles: Sequence[str], encoder: str = "minilm", cache: bool = 
     if not np.isfinite(emb).all():
         raise RuntimeError(f"title encoder '{encoder}' produced NaN/inf embeddings")
     if cache:
-        from dllm2rec.utils.io import atomic_path
-
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as f:
                 np.save(f, emb)

@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 from dllm2rec.errors import ConfigError
-from dllm2rec.evaluation.protocol import history_mask
+from dllm2rec.evaluation.metrics import metrics_from_ranks
+from dllm2rec.evaluation.protocol import history_mask, rank_targets
 
 ITEM_LOSSES = ("auto", "full", "sampled")
 
@@ -212,14 +213,10 @@ def popularity_offset(dataset, tau: float) -> torch.Tensor | None:
 
 
 def _ndcg20(ranks: np.ndarray) -> float:
-    from dllm2rec.evaluation.metrics import metrics_from_ranks
-
     return metrics_from_ranks(ranks, ks=(20,))["full/NDCG@20"]
 
 
 def _eval_ranks(model, split, mask: bool, batch: int) -> np.ndarray:
-    from dllm2rec.evaluation.protocol import rank_targets
-
     return rank_targets(model, split, batch=batch, exclude_history=mask).numpy().astype(np.float64)
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from dllm2rec.errors import Dllm2recError, MissingDependencyError
+from dllm2rec.utils.io import atomic_dir
 
 TEACHER_EXTRA_HINT = "pip install -e .[teacher]"
 
@@ -74,8 +75,6 @@ def gguf_to_hf(gguf: Path) -> Path:
     if (out / "config.json").is_file():
         return out
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from dllm2rec.utils.io import atomic_dir
 
     try:
         tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name, local_files_only=True)
@@ -178,8 +177,6 @@ def merge_adapter(ref: ModelRef, adapter: str | Path, out: str | Path, dtype: st
     outputs equal base + adapter up to float rounding. The directory appears atomically; an existing one is refused.
     """
     import json
-
-    from dllm2rec.utils.io import atomic_dir
 
     out = Path(out)
     if out.exists():

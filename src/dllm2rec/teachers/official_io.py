@@ -18,6 +18,7 @@ import numpy as np
 
 from dllm2rec.errors import ArtifactError
 from dllm2rec.teachers.artifacts import TeacherArtifacts
+from dllm2rec.utils import untrusted
 
 EMB_FILE, RANK_FILE, CONF_FILE = "all_embeddings.pt", "myrank_train.txt", "confidence_train.txt"
 
@@ -61,8 +62,6 @@ def load_embeddings(path: Path) -> np.ndarray:
     """The [N, D] tensor of ``all_embeddings.pt``, through the gate: ``weights_only=True`` always (tensors and plain
     containers only; a file that needs a full unpickle is refused in one line; there is no flag to widen it here)."""
     import torch
-
-    from dllm2rec.utils import untrusted
 
     obj = untrusted.torch_load(path, allow=False)
     if isinstance(obj, dict) and len(obj) == 1:

@@ -18,7 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from dllm2rec.errors import ArtifactError, DataError
+from dllm2rec.errors import ArtifactError, DataError, MissingDependencyError
 
 PICKLE_FLAG = "--allow-pickle"
 # operator domains of the standard ONNX operator sets (the exporter emits only the default one)
@@ -121,8 +121,6 @@ def check_onnx(model: bytes, source: str | Path = "model.onnx") -> bytes:
     try:
         import onnx
     except ImportError:
-        from dllm2rec.errors import MissingDependencyError
-
         raise MissingDependencyError("checking an ONNX model needs onnx: pip install 'dllm2rec[onnx]'") from None
     try:
         proto = onnx.ModelProto.FromString(model)

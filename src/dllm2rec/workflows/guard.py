@@ -21,14 +21,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 from dllm2rec.config import RunConfig, load_config
+from dllm2rec.data.registry import load_or_prepare
 from dllm2rec.errors import ConfigError, MissingDependencyError
 from dllm2rec.evaluation.analysis import teacher_student_analysis
 from dllm2rec.evaluation.runs import load_runs
-from dllm2rec.evaluation.teacher_metrics import (
-    find_metric,
-    teacher_metrics_from_dir,
-    teacher_protocol,
-)
+from dllm2rec.evaluation.teacher_metrics import find_metric, teacher_metrics_from_dir, teacher_protocol
 from dllm2rec.teachers.artifacts import TeacherArtifacts
 from dllm2rec.training.trainer import Trainer
 from dllm2rec.utils.io import atomic_write_text, read_json
@@ -65,7 +62,6 @@ def preflight(config: Path | None, overrides: list[str], out: Path, ds=None, epo
               patience: int = 3,
               max_rows: int | None = 20000, echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Teacher vs a short plain student, on validation (and teacher-covered train rows); writes ``preflight.json``."""
-    from dllm2rec.data.registry import load_or_prepare
 
     base = load_config(config, overrides)
     teacher_dir = base.distill.teacher
@@ -147,7 +143,6 @@ def guarded_distill(config: Path | None, overrides: list[str], out: Path, trials
         import optuna
     except ImportError:
         raise MissingDependencyError("the guard needs optuna: pip install 'dllm2rec[hpo]'") from None
-    from dllm2rec.data.registry import load_or_prepare
 
     base = load_config(config, overrides)
     if base.distill.strategy != "dllm2rec" or not base.distill.teacher:

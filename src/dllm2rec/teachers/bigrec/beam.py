@@ -22,6 +22,8 @@ from typing import Sequence
 
 import torch
 
+from dllm2rec.teachers.bigrec.prompts import format_response
+
 NEG = -1.0e9  # HF's "impossible" offset; -inf is reserved for tokens a trie forbids
 
 
@@ -63,7 +65,6 @@ class TitleTrie:
 
 def build_title_trie(tokenizer, titles: Sequence[str]) -> TitleTrie:
     """Trie over each item's response tokens: ``tok('"title"', no special tokens) + [EOS]`` (as in fine-tuning)."""
-    from dllm2rec.teachers.bigrec.prompts import format_response
 
     trie = TitleTrie(int(tokenizer.eos_token_id))
     enc = tokenizer([format_response(t) for t in titles], add_special_tokens=False)["input_ids"]

@@ -13,6 +13,8 @@ import numpy as np
 import torch
 
 from dllm2rec.evaluation.metrics import metrics_from_ranks, target_ranks
+from dllm2rec.teachers.bigrec.generate import read_shards
+from dllm2rec.teachers.bigrec.ground import ground_generation
 
 
 def popularity_ranks(dataset, split: str, positions: np.ndarray) -> np.ndarray:
@@ -33,9 +35,6 @@ def speed_from_shards(shards: list[dict]) -> dict:
 
 def evaluate_generation(gen_dir, dataset, encoder, item_emb: np.ndarray, ks=(1, 5, 10, 20), top_n: int = 20,
                         match_titles: bool | None = None) -> dict:
-    from dllm2rec.teachers.bigrec.generate import read_shards
-    from dllm2rec.teachers.bigrec.ground import ground_generation
-
     plan, shards = read_shards(gen_dir)
     g = ground_generation(gen_dir, dataset, encoder, item_emb, top_n=top_n, match_titles=match_titles)
     res = {"split": plan.split, "rows": int(len(g.positions)), "decoding": plan.decoding, "model": plan.model_id,

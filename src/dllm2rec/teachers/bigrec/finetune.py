@@ -31,6 +31,8 @@ from pathlib import Path
 import numpy as np
 
 from dllm2rec.errors import Dllm2recError
+from dllm2rec.teachers.bigrec.prompts import build_prompt, format_response, history_titles
+from dllm2rec.teachers.models import load_causal_lm, load_tokenizer, torch_dtype
 from dllm2rec.utils import untrusted
 from dllm2rec.utils.io import atomic_dir
 from dllm2rec.utils.progress import progress
@@ -84,7 +86,6 @@ def encode_example(tok, prompt: str, response: str, cutoff_len: int, train_on_in
 def build_examples(dataset, split: str, positions, tok, cfg: FinetuneConfig,
                    chunk: int = 4096) -> list[tuple[list, list]]:
     """``encode_example`` for every position, tokenised in batches (same ids; fast on all 72k ML-100K windows)."""
-    from dllm2rec.teachers.bigrec.prompts import build_prompt, format_response, history_titles
 
     s = dataset[split]
     positions = [int(p) for p in positions]
@@ -130,8 +131,6 @@ def autocast_ctx(model, cfg: FinetuneConfig):
         return contextlib.nullcontext()
     import torch
 
-    from dllm2rec.teachers.models import torch_dtype
-
     return torch.autocast(device_type=model.device.type, dtype=torch_dtype(cfg.autocast))
 
 
@@ -154,7 +153,6 @@ def eval_loss(model, examples, pad_id: int, batch_size: int, amp=contextlib.null
 
 def _load_for_training(model_ref, cfg: FinetuneConfig, last: Path, resuming: bool):
     """The model to train: the base (or, resuming ``--full``, last/'s weights) with LoRA unless ``cfg.full``."""
-    from dllm2rec.teachers.models import load_causal_lm
 
     if cfg.full:
         src = replace(model_ref, path=last) if resuming else model_ref
@@ -176,8 +174,6 @@ def _load_for_training(model_ref, cfg: FinetuneConfig, last: Path, resuming: boo
 def finetune(dataset, model_ref, out: str | Path, cfg: FinetuneConfig, resume: bool = False) -> dict:
     """Train a LoRA adapter (or all weights, ``cfg.full``); returns a summary (best validation loss, steps, speed)."""
     import torch
-
-    from dllm2rec.teachers.models import load_tokenizer
 
     out = Path(out)
     last = out / "last"

@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
+from dllm2rec.errors import ConfigError
+
 TEMPLATE = ("Below is an instruction that describes a task, paired with an input that provides further context. "
             "Write a response that appropriately completes the request. \n\n"
             "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n")
@@ -52,8 +54,6 @@ def resolve_domain(name: str | None) -> str:
     key = (name or "generic").strip().lower()
     key = _ALIASES.get(key, key)
     if key not in DOMAINS:
-        from dllm2rec.errors import ConfigError
-
         raise ConfigError(f"unknown prompt domain '{name}'; choose one of: {', '.join(DOMAINS)}")
     return key
 

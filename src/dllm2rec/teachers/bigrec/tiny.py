@@ -8,6 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
+from dllm2rec.data.schema import SeqDataset, make_split
+from dllm2rec.teachers.bigrec.prompts import DOMAINS, TEMPLATE
+
 WORDS = ["Alpha", "Bravo", "Comet", "Delta", "Echo", "Falcon", "Galaxy", "Harbor", "Island", "Jungle", "Kingdom",
          "Legend", "Meadow", "Nebula", "Ocean", "Phoenix", "Quest", "River", "Shadow", "Thunder"]
 
@@ -19,7 +22,6 @@ def tiny_titles(n: int = 24) -> list[str]:
 def tiny_dataset(n_items: int = 24, n_train: int = 48, n_eval: int = 12, max_len: int = 10, seed: int = 0,
                  domain: str = "movies"):
     """Sequences that mostly walk i -> i+1 (learnable), with random lengths; PAD = n_items."""
-    from dllm2rec.data.schema import SeqDataset, make_split
 
     rng = np.random.default_rng(seed)
 
@@ -46,8 +48,6 @@ def make_tiny_llama(path: str | Path, extra_texts: list[str] | None = None, hidd
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    from dllm2rec.teachers.bigrec.prompts import DOMAINS, TEMPLATE
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
