@@ -23,7 +23,7 @@ from pydantic import Field
 
 from dllm2rec.errors import ConfigError
 from dllm2rec.registry import register_teacher
-from dllm2rec.teachers.base import Teacher, TeacherConfig
+from dllm2rec.teachers.base import Teacher, TeacherConfig, train_positions
 
 
 class BIGRecConfig(TeacherConfig):
@@ -92,7 +92,7 @@ class BIGRecTeacher(Teacher):
 
         if self.grounded is None:
             raise ConfigError("the bigrec teacher has grounded nothing yet; call fit(dataset, gen_dir) first")
-        g = self.grounded if rows is None else select_grounded(self.grounded, rows)
+        g = self.grounded if rows is None else select_grounded(self.grounded, train_positions(dataset, rows))
         body = grounding_manifest(self.plan, self.encoder, g, [command] if command else [])
         art = build_artifacts(dataset, g, self.item_emb, self.manifest(dataset, body, **extra_manifest),
                               self.config.emb_dtype)
