@@ -173,11 +173,18 @@ def test_old_manifest_without_index_loads_as_exact_and_bad_kind_is_named(tmp_pat
 
 
 def test_bad_params_are_one_line_errors_naming_the_field():
-    with pytest.raises(Dllm2recError, match=r"index\.params\.efsearch: not a parameter of a hnsw index"):
+    with pytest.raises(Dllm2recError, match=r"index\.params\.efsearch: not a parameter of the hnsw index"):
         check_params("hnsw", {"efsearch": 10}, 100)
     with pytest.raises(Dllm2recError, match=r"index\.params\.nprobe: must be a positive integer, got 0"):
         check_params("ivf", {"nprobe": 0}, 100)
     assert check_params("ivf", {"nlist": 500, "nprobe": 900}, 100) == {"nlist": 100, "nprobe": 100, "train_size": 100}
+
+
+def test_serve_index_options_are_checked(bundle):
+    r = CliRunner().invoke(app, ["serve", str(bundle), "--index", "annoy"])
+    assert r.exit_code != 0 and "--index must be one of auto, exact, flat, hnsw, ivf, faiss" in str(r.exception)
+    r = CliRunner().invoke(app, ["serve", str(bundle), "--index", "ivf", "--index-param", "nprobe"])
+    assert r.exit_code != 0 and "--index-param: expected KEY=INT (e.g. nprobe=64), got 'nprobe'" in str(r.exception)
 
 
 def test_missing_faiss_is_one_line_naming_the_extra(monkeypatch, model):

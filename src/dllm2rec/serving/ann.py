@@ -75,7 +75,7 @@ def check_params(kind: str, params: dict[str, Any] | None, n_items: int, where: 
     out = default_params(kind, n_items)
     for key, v in (params or {}).items():
         if key not in _PARAM_KEYS[kind]:
-            raise Dllm2recError(f"{where}.{key}: not a parameter of a {kind} index "
+            raise Dllm2recError(f"{where}.{key}: not a parameter of the {kind} index "
                                 f"(expected {', '.join(_PARAM_KEYS[kind]) or 'none'})")
         if type(v) is not int or v < 1:
             raise Dllm2recError(f"{where}.{key}: must be a positive integer, got {v!r}")
@@ -246,7 +246,7 @@ def topk_excluding(index: ExactIndex | FaissIndex, exact: ExactIndex, state: tor
     items is recomputed by ``exact`` (the count of such rows is the third value)."""
     n = index.n_items
     hist = [set(r) for r in rows] if exclude else [set()] * len(rows)
-    extra = max((len(h) for h in hist), default=0)
+    extra = max((len(h) for h in hist), default=0)  # one search per batch: the longest history sets the over-fetch
     D, I = index.search(state, min(k + extra, n))
     vals, idx, fallbacks = [], [], 0
     for j, (drow, irow, seen) in enumerate(zip(D.tolist(), I.tolist(), hist)):
