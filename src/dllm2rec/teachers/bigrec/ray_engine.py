@@ -133,8 +133,8 @@ def _task_failure(ray, e: Exception, i: int, max_retries: int) -> Exception:
     if isinstance(e, (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError,
                       ray.exceptions.ObjectLostError)):
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        return Dllm2recError(f"shard {i}: the Ray worker running it died {max_retries + 1} time(s) (--ray-max-retries "
-                             f"{max_retries}): {first}; finished shards are kept, rerun the command to resume")
+        return Dllm2recError(f"shard {i}: its Ray worker died and the {max_retries} rerun(s) of --ray-max-retries are "
+                             f"used up ({first}); finished shards are kept, rerun the command to resume")
     return e
 
 
