@@ -192,3 +192,24 @@ def test_teacher_list_shows_every_family_with_its_config():
     fams = {f["name"]: f for f in json.loads(res.output)}
     assert set(fams) == set(NAMES)
     assert {c["name"] for c in fams["synthetic"]["config"]} == {"p", "coverage", "dim", "top_n", "seed"}
+
+
+def test_llmemb_cli_and_saved_models_go_through_the_typed_config(ds, fitted, tmp_path, capsys):
+    from dllm2rec.cli import main
+    from dllm2rec.teachers.llmemb import LLMEmbTeacher
+
+    # refused before the dataset is read (the path does not exist): exit 2, one line naming the field
+    with pytest.raises(SystemExit) as e:
+        main(["teacher", "fit-llmemb", str(tmp_path / "nope"), "--out", str(tmp_path / "a"), "--dropout", "1.5"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1
+    assert "teacher 'llm-emb' config field 'dropout': Input should be less than 1 (got 1.5)" in err
+    t = fitted("llm-emb")
+    t.save(tmp_path / "m", ds)
+    assert LLMEmbTeacher.load(tmp_path / "m", ds).config_dict() == t.config_dict()
+    meta = json.loads((tmp_path / "m" / "teacher.json").read_text())
+    meta["config"]["adapter"] = "conv"
+    (tmp_path / "m" / "teacher.json").write_text(json.dumps(meta))
+    with pytest.raises(ConfigError, match=r"m/teacher.json: teacher 'llm-emb' config field 'adapter': Input should "
+                                          r"be 'mlp' or 'linear'"):
+        LLMEmbTeacher.load(tmp_path / "m", ds)

@@ -73,14 +73,16 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Train the LLM-embedding sequential teacher (llm-emb, NOT BIGRec) and write validated artifacts."""
         from dllm2rec.data.schema import SeqDataset
-        from dllm2rec.teachers.llmemb import LLMEmbConfig, fit_and_save
+        from dllm2rec.teachers.llmemb import LLMEmbTeacher, fit_and_save
 
+        # the typed config first: a bad option is one line naming its field, before the dataset is read
+        cfg = LLMEmbTeacher(dict(encoder=encoder, dim=dim, n_layers=layers, n_heads=heads, dropout=dropout,
+                                 id_emb=id_emb, all_positions=all_positions, adapter=adapter, item_bias=item_bias,
+                                 lr=lr, weight_decay=weight_decay, batch_size=batch_size, epochs=epochs,
+                                 patience=patience, mask_history=mask_history, cv_folds=cv_folds, top_n=top_n,
+                                 pop_tau=pop_tau, seed=seed, threads=threads, item_loss=item_loss,
+                                 negatives=negatives, sampled_above=sampled_above)).cfg
         ds = SeqDataset.load(dataset)
-        cfg = LLMEmbConfig(encoder=encoder, dim=dim, n_layers=layers, n_heads=heads, dropout=dropout, id_emb=id_emb,
-                           all_positions=all_positions, adapter=adapter, item_bias=item_bias, lr=lr,
-                           weight_decay=weight_decay, batch_size=batch_size, epochs=epochs, patience=patience,
-                           mask_history=mask_history, cv_folds=cv_folds, top_n=top_n, pop_tau=pop_tau, seed=seed,
-                           threads=threads, item_loss=item_loss, negatives=negatives, sampled_above=sampled_above)
         ckpt = None
         if checkpoints:
             ckpt = checkpoint_dir or out.with_name(out.name + ".ckpt")
@@ -119,7 +121,7 @@ def register(app: typer.Typer) -> None:
         if pop_tau is not None:
             t.set_pop_tau(pop_tau, ds)
         if top_n is not None:
-            t.cfg.top_n = top_n
+            t.cfg.top_n = LLMEmbTeacher.validate_config({"top_n": top_n}).top_n  # >= 1, named if not
         t.cfg.cv_folds = 0
         command = "dllm2rec " + " ".join(shlex.quote(a) for a in sys.argv[1:])
         art = t.artifacts(ds, command=command, rescored_from=str(model_dir))

@@ -286,12 +286,16 @@ class LLMEmbTeacher(Teacher):
 
         from safetensors.torch import load_file
 
+        from dllm2rec.utils.io import read_json
+
         path = Path(path)
-        meta = json.loads((path / "teacher.json").read_text(encoding="utf-8"))
+        meta = read_json(path / "teacher.json", ConfigError)
         if dataset is not None and meta.get("dataset_fingerprint") not in (None, dataset.fingerprint()):
             raise ConfigError(f"{path}: teacher trained on dataset {meta['dataset_fingerprint']}, "
                               f"not {dataset.fingerprint()}")
-        t = cls(LLMEmbConfig(**meta["config"]))
+        if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
+            raise ConfigError(f"{path / 'teacher.json'}: field 'config' is missing (not a saved llm-emb model)")
+        t = cls.from_config(meta["config"], str(path / "teacher.json"))
         state = load_file(str(path / "model.safetensors"))
         c = t.cfg
         t.model = LLMEmbSeqModel(np.zeros((meta["n_items"], meta["title_dim"]), np.float32), meta["max_len"], c.dim,
