@@ -138,7 +138,7 @@ def _sweep_exact(weight, bias, q, k, sizes, calls) -> list[dict[str, Any]]:
 def run_ann(n_items: int = 1_000_000, dim: int = 64, n_queries: int = 1000, k: int = 20, threads: int = 1,
             kinds: Sequence[str] = ("exact", "hnsw", "ivf"), batch: int = 256, n_batches: int = 3,
             b1_calls: int = 300, hnsw: dict | None = None, ivf: dict | None = None,
-            ef_sweep: Sequence[int] = (32, 64, 128, 256), nprobe_sweep: Sequence[int] = (8, 16, 32, 64),
+            ef_sweep: Sequence[int] = (64, 128, 256, 512), nprobe_sweep: Sequence[int] = (16, 32, 64, 128),
             exact_sweep: Sequence[int] = (10_000, 50_000, 100_000, 200_000, 500_000, 1_000_000),
             real: Sequence[tuple[str, str | None]] = (), seed: int = 0) -> dict[str, Any]:
     """Exact / HNSW / IVF on a synthetic clustered N x d catalogue (+ recall on real students for ``real``)."""
