@@ -201,3 +201,15 @@ def test_faiss_threads_follow_the_setting(monkeypatch, model):
     ix = FaissIndex(model.output_weight().detach(), model.output_bias().detach(), "ivf", {"nlist": 4}, threads=3)
     ix.search(torch.zeros(2, model.dim), 5)
     assert calls == [3, 3]  # once for the build, once for the search
+
+
+def test_auto_with_the_onnx_backend_serves_exact(tmp_path, model):
+    pytest.importorskip("onnxruntime")
+    ds = _data()
+    save_student(model, tmp_path / "ck", meta={"dataset_fingerprint": ds.fingerprint()})
+    m = export_bundle(tmp_path / "ck", ds, tmp_path / "b", index="hnsw")  # export --index hnsw
+    assert m["index"]["kind"] == "hnsw" and m["index"]["reason"] == "chosen at export (--index hnsw)"
+    rec = Recommender.load(tmp_path / "b", backend="onnx")  # the ONNX graph gives scores, not the state
+    assert rec.index is None and rec.metadata()["index"]["source"].startswith("onnx backend")
+    with pytest.raises(ValueError, match="needs the encoder state"):
+        Recommender.load(tmp_path / "b", backend="onnx", index="ivf")
