@@ -30,6 +30,7 @@ from dllm2rec.utils.progress import progress
 ROW_BLOCK = 256
 ITEM_BLOCK = 1024
 TOPK_GROUP = 32  # top-k: per block, only groups of 32 items whose max beats the row's running k-th score are read
+TOPK_MERGE_EVERY = 16  # top-k: blocks between two merges of the pending candidates into the running top-k
 
 
 def protocol_name(exclude_history: bool) -> str:
@@ -114,10 +115,14 @@ def _count_ge(scores: torch.Tensor, t: torch.Tensor, items: torch.Tensor, rows: 
     return cnt.index_add_(0, rows, ge[rows, items].long(), alpha=-1)
 
 
-def _blocks(n: int, size: int) -> list[tuple[int, int]]:
-    """[(start, length)] covering 0..n in ceil(n / size) blocks of (nearly) equal length."""
-    k = max(1, -(-n // max(int(size), 1)))
+def _blocks(n: int, size: int, align: int = TOPK_GROUP) -> list[tuple[int, int]]:
+    """[(start, length)] covering 0..n in ceil(n / size) blocks of (nearly) equal length, a multiple of ``align``
+    where that keeps them within ``size`` (whole top-k groups; only the last block may be shorter)."""
+    size = max(int(size), 1)
+    k = max(1, -(-n // size))
     step = -(-n // k)
+    if -(-step // align) * align <= size:
+        step = -(-step // align) * align
     return [(c, min(step, n - c)) for c in range(0, n, step)]
 
 
@@ -220,9 +225,9 @@ def _topk_streaming(state, seq, w, b, n, k, item_chunk, exclude_history):
         bs, bi = best_s[r0:r0 + rm], best_i[r0:r0 + rm]
         if exclude_history:
             items, rows = _left_out(seq[r0:r0 + rm], None, n, True)
-            bounds = torch.searchsorted(items, torch.tensor([c for c, _ in iblocks] + [n])).tolist()
+            bounds = torch.searchsorted(items, torch.tensor([c for c, _ in iblocks] + [n], device=items.device)).tolist()
         st = state[r0:r0 + rm]
-        thr = None
+        thr, pending, n_pending, age = None, [], 0, 0
         for j, (c, m) in enumerate(iblocks):
             buf = sc(st, c, m)
             if exclude_history and bounds[j + 1] > bounds[j]:
@@ -230,8 +235,18 @@ def _topk_streaming(state, seq, w, b, n, k, item_chunk, exclude_history):
                 buf[rows[lo:hi], items[lo:hi] - c] = ninf
             if thr is None:  # first block: admit everything that ties the block's k-th score
                 thr = torch.nextafter(buf.topk(min(k, m), dim=1).values[:, -1], best_s.new_tensor(ninf))
-            _merge(buf, c, thr, bs, bi)
-            thr = torch.maximum(thr, bs[:, -1])  # a later (higher) id must beat the k-th strictly to enter
+            cand = _candidates(buf, c, thr)
+            if cand is not None:
+                pending.append(cand)
+                n_pending += len(cand[0])
+            age += 1
+            # Merging costs a sort of every involved row's k entries, so candidates are batched: merged once they
+            # are as many as the running top-k (early blocks) or every TOPK_MERGE_EVERY blocks (the threshold
+            # meanwhile stays as it was, which only admits a few more candidates).
+            if pending and (n_pending >= rm * k or age >= TOPK_MERGE_EVERY or j == len(iblocks) - 1):
+                _merge(bs, bi, *map(torch.cat, zip(*pending)))
+                thr = torch.maximum(thr, bs[:, -1])  # a later (higher) id must beat the k-th strictly to enter
+                pending, n_pending, age = [], 0, 0
         short = (bi == n).any(1).nonzero().squeeze(1)
         if len(short):  # fewer than k items above -inf (history covers nearly all): rank those rows densely
             full = torch.nn.functional.linear(st[short], w, b)
@@ -241,8 +256,8 @@ def _topk_streaming(state, seq, w, b, n, k, item_chunk, exclude_history):
     return best_i, best_s
 
 
-def _merge(buf, c, thr, bs, bi):
-    """Fold the block's scores > thr into the running top-k (bs, bi sorted by score desc, id asc), in place.
+def _candidates(buf, c, thr):
+    """(rows, scores, ids) of the block's cells scoring > thr[row], or None.
 
     Only item groups whose maximum beats the row's threshold are read; after the first blocks of a row that is a
     small fraction, so a block costs about one pass of ``amax`` on top of its GEMM."""
@@ -254,14 +269,17 @@ def _merge(buf, c, thr, bs, bi):
         gmax = torch.cat([gmax, buf[:, full:].amax(1, keepdim=True)], 1)
     gr, gg = (gmax > thr[:, None]).nonzero(as_tuple=True)
     if len(gr) == 0:
-        return
+        return None
     cols = gg[:, None] * g + torch.arange(g, device=buf.device)  # [H, g] candidate columns
     cols = cols.clamp_(max=m - 1)  # the partial last group repeats its last column; dropped as a duplicate below
     vals = buf[gr[:, None], cols]
     keep = vals > thr[gr, None]
     keep[:, 1:] &= cols[:, 1:] != cols[:, :-1]
-    r = gr[:, None].expand_as(cols)[keep]
-    s, i = vals[keep], cols[keep] + c
+    return gr[:, None].expand_as(cols)[keep], vals[keep], cols[keep] + c
+
+
+def _merge(bs, bi, r, s, i):
+    """Fold candidates (rows r, scores s, ids i) into the running top-k (bs, bi: score desc, id asc), in place."""
     rows = torch.unique(r)
     r = torch.cat([r, rows.repeat_interleave(bs.shape[1])])
     s = torch.cat([s, bs[rows].reshape(-1)])
