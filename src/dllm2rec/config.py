@@ -63,8 +63,11 @@ class ModelConfig(_Strict):
 
 
 class LossConfig(_Strict):
-    kind: Literal["bce", "ce"] = Field("bce", description="bce: 1 sampled negative (paper); ce: full softmax")
-    n_neg: int = Field(1, ge=1, description="sampled negatives per row for bce (paper: 1)")
+    kind: Literal["bce", "ce", "sampled_softmax"] = Field(
+        "bce", description="bce: sampled BCE over target + n_neg negatives (paper: 1); ce: full softmax over all N "
+        "items; sampled_softmax: softmax over target + n_neg uniform negatives (touches only those output rows; "
+        "the logQ correction of uniform sampling is a constant and cancels)")
+    n_neg: int = Field(1, ge=1, description="sampled negatives per row for bce / sampled_softmax (paper: 1)")
     dros_alpha: float = Field(0.0, ge=0.0, allow_inf_nan=False,
                               description="weight of the DROS robust term; >0 turns SASRec into DROS")
     dros_beta: float = Field(1.0, allow_inf_nan=False, description="DROS robust radius beta (official --beta)")
@@ -79,6 +82,12 @@ class OptimConfig(_Strict):
     fused: bool | None = Field(None, description="fused Adam/AdamW kernel (one pass over all parameters; ~10x "
                                "cheaper steps on CPU for these small models). None: on when every parameter is "
                                "a floating tensor on a CPU/CUDA device; same updates as the default loop")
+    sparse: bool = Field(False, description="row-sparse training for large catalogues: the item-embedding table "
+                         "and the output layer (weight, bias) get gradients only on the rows a batch touches and "
+                         "are stepped by a lazy row-wise Adam (a row's moments decay, and the row moves, only on "
+                         "steps that touch it), every other parameter by Adam as usual. Needs a sampled loss (bce, "
+                         "sampled_softmax), no DROS, weight_decay 0, one process (no DDP). Off: every result is "
+                         "unchanged")
 
 
 class TrainConfig(_Strict):

@@ -1,4 +1,5 @@
-"""Student losses: sampled BCE (paper Eq. 3), the DROS robust term (Yang et al., 2023), full softmax CE.
+"""Student losses: sampled BCE (paper Eq. 3), sampled softmax, the DROS robust term (Yang et al., 2023), full
+softmax CE.
 
 All are pure functions of scores, so the official-loss reproduction tests can check them by hand.
 """
@@ -30,6 +31,18 @@ def bce_loss(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
     logits = torch.cat([pos.reshape(-1), neg.reshape(-1)])
     labels = torch.cat([torch.ones_like(pos.reshape(-1)), torch.zeros_like(neg.reshape(-1))])
     return F.binary_cross_entropy_with_logits(logits, labels)
+
+
+def sampled_softmax_loss(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+    """Softmax cross-entropy of the target against its sampled negatives: mean_b −log(e^{pos_b} / (e^{pos_b} +
+    Σ_j e^{neg_bj})), pos [B], neg [B, n].
+
+    The sampled-softmax logQ correction subtracts log Q(j) from each logit; ``sample_negatives`` draws uniformly
+    (from the items outside the row's history and target), so log Q(j) is the same constant for every logit of a
+    row and cancels in the softmax — no correction term is needed. A non-uniform sampler would need one.
+    """
+    logits = torch.cat([pos.reshape(-1, 1), neg.reshape(pos.numel(), -1)], dim=1)
+    return F.cross_entropy(logits, torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device))
 
 
 def ce_loss(scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

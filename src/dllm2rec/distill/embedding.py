@@ -8,7 +8,7 @@ The offset modules plug into the student's hooks (``SequentialStudent.input_offs
 - ``TeacherInputOffset``  ids [...] -> [..., d]; the input sequence side (paper and official). Only the *unique* ids of
   the batch are projected, once per call (the official builds a [B, L, 4096] tensor per batch). Zero at PAD.
 - ``TeacherOutputOffset`` () -> [N, H]; adds w·g(z_i) to the output-layer weights (an extension; needs
-  ``hidden_dim == dim``, so not Caser).
+  ``hidden_dim == dim``, so not Caser). ``rows(ids)`` projects only the batch's unique ids (``optim.sparse``).
 - "w/o offset" (paper Table 9): ``disable_id_embedding(model)`` zeroes and freezes b, so e_i = g(z_i) (scale 1).
 
 Each module holds the teacher embeddings as a buffer (row N = PAD = 0; float32, or bfloat16 for D >= 1024 by
@@ -126,6 +126,17 @@ class TeacherOutputOffset(_TeacherProjection):
     def forward(self) -> torch.Tensor:
         p = self._project(self.teacher_emb[: self.n_items])
         return p * self.weight if self.weight != 1.0 else p
+
+    def rows(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids [...] -> [..., d]: ``forward()[ids]`` projecting only the unique ids of the call (what
+        ``score_items`` reads under ``optim.sparse``; at 1M items ``forward()`` would project the whole teacher
+        table every step). The same per-row arithmetic as ``forward``; a GEMM over fewer rows may round in another
+        order, so equal to forward()[ids] to float rounding (tests/unit/test_sparse_training.py)."""
+        uniq, inv = torch.unique(ids, return_inverse=True)
+        p = self._project(self.teacher_emb.index_select(0, uniq))
+        if self.weight != 1.0:
+            p = p * self.weight
+        return p[inv]
 
 
 @register_hook(TeacherInputOffset.type_name)

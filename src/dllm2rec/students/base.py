@@ -8,8 +8,14 @@ items with an output layer that is *not* tied to the input embeddings (as in the
     ŷ   = score_all(h)                # [B, N]     h @ W^T + bias (W optionally + output offset hook)
     ŷ_j = score_items(h, items)       # [B, ...]   the same scores for selected items only (no [B, N] matrix)
 
-Hooks: ``input_offset`` (module: ids [...] -> [..., d], zero at PAD) and ``output_offset`` (module: () -> [N, H]).
-Collaborative embedding distillation plugs in through them; nothing here knows the teacher's dimension.
+Hooks: ``input_offset`` (module: ids [...] -> [..., d], zero at PAD) and ``output_offset`` (module: () -> [N, H];
+optionally ``.rows(ids)`` -> [..., H], the same rows without projecting all N). Collaborative embedding
+distillation plugs in through them; nothing here knows the teacher's dimension.
+
+Row-sparse gradients (``optim.sparse``, large catalogues): :meth:`set_sparse` makes the item-embedding lookup and
+``score_items``' gather of output rows (weight *and* bias) return sparse COO gradients that hold only the rows the
+batch touched, instead of a dense [N, d] zero-filled gradient per table per step. ``score_all`` is unchanged, so a
+loss that back-propagates through all N scores still yields a dense gradient (the optimiser refuses that).
 """
 from __future__ import annotations
 
@@ -17,7 +23,34 @@ from abc import ABC, abstractmethod
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+
+class _SparseRows(torch.autograd.Function):
+    """``weight[idx]`` whose gradient is a sparse COO tensor over ``weight``'s rows (for the 1-D output bias, which
+    ``F.embedding`` cannot take: a sparse gradient cannot flow back through the ``bias[:, None]`` view)."""
+
+    @staticmethod
+    def forward(ctx, weight: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        ctx.shape = weight.shape
+        ctx.save_for_backward(idx)
+        return weight.index_select(0, idx.reshape(-1)).view(*idx.shape, *weight.shape[1:])
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        (idx,) = ctx.saved_tensors
+        g = torch.sparse_coo_tensor(idx.reshape(1, -1), grad.reshape(-1, *ctx.shape[1:]), ctx.shape,
+                                    check_invariants=False)
+        return g, None
+
+
+def sparse_rows(weight: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """Rows ``idx`` of ``weight`` (any shape of ids) with a row-sparse gradient."""
+    if weight.dim() == 2:
+        return F.embedding(idx, weight, sparse=True)
+    return _SparseRows.apply(weight, idx)
 
 
 class SequentialStudent(nn.Module, ABC):
@@ -37,6 +70,7 @@ class SequentialStudent(nn.Module, ABC):
         self.input_offset: nn.Module | None = None
         self.output_offset: nn.Module | None = None
         self._init_kwargs: dict[str, Any] = {"max_len": max_len, "dim": dim, "dropout": dropout}
+        self.sparse_grads = False  # set_sparse(); a training-time switch, never saved with the weights
 
     # ----------------------------------------------------------------- to implement
     @property
@@ -72,17 +106,54 @@ class SequentialStudent(nn.Module, ABC):
     def score_all(self, state: torch.Tensor) -> torch.Tensor:
         return torch.nn.functional.linear(state, self.output_weight(), self.out.bias)
 
+    def set_sparse(self, on: bool = True) -> SequentialStudent:
+        """Row-sparse gradients for ``item_emb`` and the output rows ``score_items`` reads (see the module doc).
+        Values and forward results are unchanged; only the gradient's layout differs (the densified sparse
+        gradient equals the dense one, tests/unit/test_sparse_training.py)."""
+        self.sparse_grads = bool(on)
+        self.item_emb.sparse = bool(on)  # nn.Embedding reads the flag on every forward
+        return self
+
     def score_items(self, state: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """Scores of ``items`` ([B] or [B, k]) without materialising [B, N]."""
         squeeze = items.dim() == 1
         if squeeze:
             items = items[:, None]
-        if self.output_offset is None:
-            w = self.out.weight[items]  # [B, k, H]
+        if self.sparse_grads:
+            w = sparse_rows(self.out.weight, items)  # [B, k, H], gradient only on these rows
+            if self.output_offset is not None:
+                rows = getattr(self.output_offset, "rows", None)
+                w = w + (rows(items) if rows is not None else self.output_offset()[items])
+            b = sparse_rows(self.out.bias, items)
         else:
-            w = self.output_weight()[items]
-        s = torch.einsum("bh,bkh->bk", state, w) + self.out.bias[items]
+            if self.output_offset is None:
+                w = self.out.weight[items]  # [B, k, H]
+            else:
+                w = self.output_weight()[items]
+            b = self.out.bias[items]
+        s = torch.einsum("bh,bkh->bk", state, w) + b
         return s[:, 0] if squeeze else s
+
+    @torch.no_grad()
+    def topk_from_state(self, state: torch.Tensor, k: int, item_chunk: int | None = 65536) -> torch.Tensor:
+        """[B, k] ids of the k best items for given states (no gradient, no [B, N] matrix: the catalogue is
+        scanned in chunks with a running top-k). For DLLM2Rec's consistency weight on train-mode states, where
+        ``evaluation.protocol.top_k`` would re-encode in eval mode. Same ids as ``score_all(state).topk(k)`` up
+        to the order of exactly tied scores."""
+        n = self.n_items
+        k = min(int(k), n)
+        chunk = n if item_chunk is None else max(int(item_chunk), 1)
+        state = state.detach()
+        w, b = self.output_weight().detach(), self.output_bias().detach()
+        best_s = best_i = None
+        for c in range(0, n, chunk):
+            s, i = F.linear(state, w[c:c + chunk], b[c:c + chunk]).topk(min(k, min(chunk, n - c)), dim=1)
+            i = i + c
+            if best_s is not None:
+                s, j = torch.cat([best_s, s], 1).topk(k, dim=1)
+                i = torch.cat([best_i, i], 1).gather(1, j)
+            best_s, best_i = s, i
+        return best_i
 
     def forward(self, seq: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
         return self.score_all(self.encode(seq, lens))

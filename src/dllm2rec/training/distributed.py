@@ -48,6 +48,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from dllm2rec.errors import Dllm2recError
+
 
 # ---------------------------------------------------------------------------------------------- process group
 def env_world_size() -> int:
@@ -170,6 +172,15 @@ class StepModule(nn.Module):
 
     def forward(self, *args, **kwargs) -> dict[str, torch.Tensor]:
         return self._step_fn(*args, **kwargs)
+
+
+def refuse_sparse(world: int) -> None:
+    """``optim.sparse`` is single-process: DDP's gradient all-reduce is untested here with sparse COO gradients
+    (and ``find_unused_parameters`` bucketing assumes dense ones), so it is refused rather than trusted."""
+    world = max(int(world), env_world_size())
+    if world > 1:
+        raise Dllm2recError(f"optim.sparse=true is not supported under DDP (WORLD_SIZE={world}); "
+                            "train with one process or set optim.sparse=false")
 
 
 def wrap(student: nn.Module, extra: list[nn.Parameter], step_fn: Callable[..., dict],

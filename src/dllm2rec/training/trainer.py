@@ -39,6 +39,7 @@ from dllm2rec.students import checkpoint as ckpt
 from dllm2rec.students.base import SequentialStudent, build_student
 from dllm2rec.students.checkpoint import load_student, save_student
 from dllm2rec.training import distributed as dist_
+from dllm2rec.training import optim
 from dllm2rec.utils.io import atomic_write_text, disk_errors, fsync_dir
 from dllm2rec.utils.progress import progress
 
@@ -97,13 +98,11 @@ class Trainer:
             strategy.configure(cfg)
         self.strategy.attach(self.model)
         self.model.to(self.device)
-        params = list(self.model.parameters()) + list(self.strategy.extra_parameters())
-        opt_cls = torch.optim.AdamW if cfg.optim.name == "adamw" else torch.optim.Adam
-        fused = cfg.optim.fused
-        if fused is None:
-            fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
-        self.optimizer = opt_cls(params, lr=cfg.optim.lr, eps=cfg.optim.eps, weight_decay=cfg.optim.weight_decay,
-                                 fused=bool(fused) or None)
+        if cfg.optim.sparse:  # row-sparse tables + lazy row-wise Adam (training/optim.py); refused where wrong
+            dist_.refuse_sparse(self.world)
+            optim.check_sparse(cfg, self.strategy)
+            self.model.set_sparse(True)
+        self.optimizer = optim.build_optimizer(cfg, self.model, self.strategy.extra_parameters())
         self.ddp = None
         if self.world > 1:
             self.ddp = dist_.wrap(self.model, self.strategy.extra_parameters(), self.step_loss, self.device)
@@ -148,6 +147,9 @@ class Trainer:
             s = self.model.score_items(state, torch.cat([tgt[:, None], neg], dim=1))
             pos_s, neg_s = s[:, 0], s[:, 1:]
             terms["bce"] = losses.bce_loss(pos_s, neg_s)
+        elif cfg.loss.kind == "sampled_softmax":
+            s = self.model.score_items(state, torch.cat([tgt[:, None], neg], dim=1))
+            terms["sampled_softmax"] = losses.sampled_softmax_loss(s[:, 0], s[:, 1:])
         else:
             terms["ce"] = losses.ce_loss(ctx.full_scores, tgt)
         if self.ps is not None:
