@@ -42,8 +42,8 @@ INDEX_KINDS = ("exact", "flat", "hnsw", "ivf")
 ANN_KINDS = ("hnsw", "ivf")
 # Exact scan is the default up to this many items. Why 200,000: the exact batch-1 cost grows with N (one [1, N]
 # GEMV + topk; memory-bound once the matrix leaves the cache). benchmarks/bench_ann.py's sweep, 1 thread, on the
-# loaded shared 2-core machine (2026-12-01, to be rerun quiet): p50 1.3 ms at 10^5, 4.4 ms at 2*10^5, 22 ms at
-# 5*10^5, 25-51 ms at 10^6. At 2*10^5 the scan is still a few ms (the order of the rest of a request over HTTP) with
+# loaded shared 2-core machine (2026-12-01, two runs, to be rerun quiet): p50 1.1-1.3 ms at 10^5, 2.5-4.4 ms at
+# 2*10^5, 6-22 ms at 5*10^5, 12-51 ms at 10^6. At 2*10^5 the scan is still a few ms (the order of the rest of a request over HTTP) with
 # recall 1; beyond it the scan dominates, while IVF answers in < 1 ms at 10^6 (recall@20 ~0.96, synthetic vectors).
 EXACT_MAX_ITEMS = 200_000
 _MAX_BLOCK = 1 << 26  # scores per exact block (256 MB float32)
