@@ -15,7 +15,7 @@ sorted by item, and per block the few that fall in it are looked up and their hi
 """
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 import torch
