@@ -162,6 +162,24 @@ def test_a_worker_killed_mid_shard_has_its_shard_redone(world):
     assert not list((root / "gen-crash").glob(".*.tmp"))
 
 
+def test_an_error_in_a_task_is_reported_in_one_line_and_not_retried(world):
+    from dllm2rec.errors import ConfigError as Bad
+
+    tries = world["root"] / "bad-tries"
+
+    def bad_factory():
+        with open(tries, "a") as f:
+            f.write("x")
+        raise Bad("model /nowhere: not found")
+
+    cfg = GenConfig(num_beams=2, max_new_tokens=6, batch_size=2)
+    with pytest.raises(Bad, match="^model /nowhere: not found$"):
+        ray_engine.run_generation_ray(world["ds"], "train", world["root"] / "gen-bad", bad_factory, cfg, "m",
+                                      positions=np.arange(4), shard_size=4)
+    assert tries.read_text() == "x"  # our own errors are not retried (only dead workers are)
+    assert not list((world["root"] / "gen-bad").glob("shard-*.json"))
+
+
 def test_rerun_generates_only_missing_shards(world, ray_run, monkeypatch):
     _, gen_ray = ray_run
     ds, root = world["ds"], world["root"]

@@ -177,8 +177,6 @@ def run_generation_ray(dataset, split: str, out: str | Path, backend_factory, cf
                         try:
                             rec = ray.get(ref)
                         except Exception as e:  # noqa: BLE001 — mapped to one line or re-raised as is
-                            for other in pending:  # stop the rest; the finished shards stay on disk
-                                ray.cancel(other)
                             raise _task_failure(ray, e, i, max_retries) from None
                         if rec.get("shard") != i:
                             raise Dllm2recError(f"shard {i}: a Ray task returned shard {rec.get('shard')}")
@@ -188,6 +186,12 @@ def run_generation_ray(dataset, split: str, out: str | Path, backend_factory, cf
                         rows_now += len(rec["positions"])
                         secs += rec["seconds"]
                         bar.update(len(rec["positions"]))
+            except BaseException:
+                # a failed shard or Ctrl-C: stop the other tasks too (a Ray the caller started outlives this call);
+                # the shards finished so far stay on disk for the rerun
+                for other in pending:
+                    ray.cancel(other)
+                raise
             finally:
                 bar.close()
             wall = time.perf_counter() - t0
