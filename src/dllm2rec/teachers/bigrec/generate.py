@@ -123,7 +123,8 @@ class VLLMBackend:
     """vLLM beam search (GPU; optional extra ``vllm``). Unconstrained only; untested here (no GPU in CI).
 
     Data parallelism across GPUs = one worker process per GPU on a shared output dir, e.g.
-    ``CUDA_VISIBLE_DEVICES=i dllm2rec teacher generate ... --backend vllm --worker-id i --num-workers N``.
+    ``CUDA_VISIBLE_DEVICES=i dllm2rec teacher generate ... --backend vllm --worker-id i --num-workers N``, or one
+    Ray task per GPU: ``--engine ray --ray-num-gpus-per-task 1`` (ray_engine.py, docs/ray.md).
     """
 
     def __init__(self, model_path: str, cfg: GenConfig, adapter: str | None = None):
