@@ -186,27 +186,15 @@ def register(app: typer.Typer) -> None:
         threads: Optional[int] = typer.Option(None),
     ) -> None:
         """Ground train generations and write validated TeacherArtifacts (docs/teacher.md)."""
-        from dllm2rec.errors import ConfigError
-        from dllm2rec.teachers.bigrec.generate import load_plan
-        from dllm2rec.teachers.bigrec.ground import build_artifacts, ground_generation
+        from dllm2rec.teachers.bigrec.teacher import BIGRecTeacher
         from dllm2rec.teachers.models import require_teacher_extra
 
         require_teacher_extra()
         _threads(threads)
         ds = _load_dataset(dataset)
-        plan = load_plan(gen)
-        if plan.split != "train":
-            raise ConfigError(f"{gen}: holds the '{plan.split}' split; artifacts are built from train generations "
-                              "(use `teacher evaluate` for valid/test)")
-        enc, ref, emb = _encoder_and_items(ds, model, encoder, batch_size)
-        g = ground_generation(gen, ds, enc, emb, top_n=top_n, match_titles=match_titles)
-        manifest = {"teacher": "bigrec", "kind": "bigrec", "model_id": plan.model_id, "adapter": plan.adapter,
-                    "pooling": enc.pooling, "distance": "l2" if not plan.decoding.get("constrained")
-                    else "neg-logprob+l2", "grounding_encoder": enc.name, "decoding": plan.decoding,
-                    "rows_covered": int(len(g.positions)), "catalogue_title_rate": float(g.exact_match.mean())
-                    if len(g.positions) else None,
-                    "commands": [c for c in (plan.extra.get("command"), _command()) if c]}
-        art = build_artifacts(ds, g, emb, manifest, emb_dtype)
+        teacher = BIGRecTeacher.from_config(dict(model=model, encoder=encoder, top_n=top_n, match_titles=match_titles,
+                                                 emb_dtype=emb_dtype, batch_size=batch_size))
+        art = teacher.fit(ds, gen).artifacts(ds, command=_command())
         art.save(out, ds)
         typer.echo(json.dumps(art.stats(), indent=1))
 
@@ -237,34 +225,17 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Teacher HR/NDCG@K (students' metric code) vs popularity on the generated rows, plus rows/s and latency."""
         from dllm2rec.teachers.bigrec.evaluate import evaluate_generation
+        from dllm2rec.teachers.bigrec.ground import grounding_encoder
         from dllm2rec.teachers.models import require_teacher_extra
         from dllm2rec.utils.io import atomic_write_text
 
         require_teacher_extra()
         _threads(threads)
         ds = _load_dataset(dataset)
-        enc, _, emb = _encoder_and_items(ds, model, encoder, batch_size)
+        enc, _, emb = grounding_encoder(ds, model, encoder, batch_size)
         k = tuple(int(x) for x in ks.split(",") if x.strip())
         res = evaluate_generation(gen, ds, enc, emb, ks=k, top_n=max(k), match_titles=match_titles)
         text = json.dumps(res, indent=1)
         if json_out:
             atomic_write_text(json_out, text)
         typer.echo(text)
-
-
-def _encoder_and_items(ds, model: str, encoder: str, batch_size: int):
-    """Grounding encoder + cached item embeddings (the base model without LoRA for 'llm')."""
-    from dllm2rec.teachers.bigrec.ground import item_embeddings, make_encoder
-    from dllm2rec.teachers.models import load_causal_lm, load_tokenizer, resolve_model
-
-    ref = None
-    if encoder == "llm":
-        ref = resolve_model(model)
-        enc = make_encoder("llm", load_causal_lm(ref), load_tokenizer(ref), ref.model_id)
-        # key on the weights' identity so a re-trained model at the same path is not served stale vectors
-        stamp = sorted((f.name, f.stat().st_size, int(f.stat().st_mtime)) for f in ref.path.glob("*.safetensors"))
-        key = f"llm|{ref.path.resolve()}|{stamp}"
-    else:
-        enc = make_encoder(encoder)
-        key = encoder
-    return enc, ref, item_embeddings(enc, ds.titles, cache_key=key, batch_size=batch_size)
