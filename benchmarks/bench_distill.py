@@ -42,7 +42,9 @@ def load_lastfm() -> SeqDataset:
     p = ROOT / "prepared" / "lastfm"
     if (p / "manifest.json").is_file():
         return SeqDataset.load(p)
-    from dllm2rec.data.official import import_official  # the LLaRA pickles (trusted, shared data)
+    from dllm2rec.data.official import (
+        import_official,  # the LLaRA pickles (trusted, shared data)
+    )
 
     return import_official(ROOT.parent / "shared" / "data" / "lastfm-llara", name="lastfm", allow_pickle=True)
 

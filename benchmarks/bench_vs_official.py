@@ -61,16 +61,16 @@ PATCHES = [
     ("    num_batches = int(num_rows / args.batch_size)\n",
      "    num_batches = int(os.environ.get('BENCH_BATCHES') or int(num_rows / args.batch_size))\n"),
     ("        for j in range(num_batches):\n",
-     "        _bench_t0, _bench_c0 = time.perf_counter(), time.process_time()\n"
-     "        for j in range(num_batches):\n"),
+     ("        _bench_t0, _bench_c0 = time.perf_counter(), time.process_time()\n"
+      "        for j in range(num_batches):\n")),
     ("        if True:\n            step = i + 1\n",
-     "        _bench_dt, _bench_cpu = time.perf_counter() - _bench_t0, time.process_time() - _bench_c0\n"
-     "        import json as _bench_json\n"
-     "        with open(os.environ['BENCH_OUT'], 'w') as _f:\n"
-     "            _bench_json.dump({'seconds': _bench_dt, 'cpu_seconds': _bench_cpu,\n"
-     "                              'samples': num_batches * args.batch_size, 'loss': float(loss_all)}, _f)\n"
-     "        exit(0)\n"
-     "        if True:\n            step = i + 1\n"),
+     ("        _bench_dt, _bench_cpu = time.perf_counter() - _bench_t0, time.process_time() - _bench_c0\n"
+      "        import json as _bench_json\n"
+      "        with open(os.environ['BENCH_OUT'], 'w') as _f:\n"
+      "            _bench_json.dump({'seconds': _bench_dt, 'cpu_seconds': _bench_cpu,\n"
+      "                              'samples': num_batches * args.batch_size, 'loss': float(loss_all)}, _f)\n"
+      "        exit(0)\n"
+      "        if True:\n            step = i + 1\n")),
 ]
 
 
@@ -94,7 +94,9 @@ def prepare(a, work: Path) -> None:
     """The official layout under ``work`` (data/lastfm, tocf/lastfm, the patched script) + our prepared copy."""
     import pandas as pd
 
-    from dllm2rec.data.official import import_official  # trusted, shared data (the LLaRA pickles)
+    from dllm2rec.data.official import (
+        import_official,  # trusted, shared data (the LLaRA pickles)
+    )
 
     for f in OFFICIAL_FILES[1:]:
         shutil.copy(a.official / f, work / f)
@@ -111,7 +113,7 @@ def prepare(a, work: Path) -> None:
     tocf = work / "tocf" / "lastfm"
     cmd = [sys.executable, "-m", "dllm2rec", "teacher", "export", str(a.teacher), "--out", str(tocf),
            "--data", str(work / "prepared"), "--pad-to", "4096"]
-    r = subprocess.run(cmd, capture_output=True, text=True)
+    r = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if r.returncode:
         fail(f"teacher export failed ({' '.join(cmd)}): {(r.stderr or r.stdout).strip().splitlines()[-1:]}")
 
@@ -123,7 +125,7 @@ def run_official(a, work: Path, label: str) -> dict:
     cmd = [sys.executable, "main.py", "--model_name", "SASRec", "--data", "lastfm", "--epoch", "1", "--cuda", "-1",
            "--batch_size", str(BATCH), "--hidden_factor", "64", "--dropout_rate", "0.1", "--lr", "0.001",
            "--candidate_topk", "10", *CONFIGS[label][0]]
-    r = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True)
+    r = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, check=False)
     if r.returncode or not out.is_file():
         fail(f"official script failed (exit {r.returncode}): {(r.stderr or r.stdout).strip()[-400:]}")
     return json.loads(out.read_text())
@@ -134,7 +136,7 @@ def run_ours(a, work: Path, label: str) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": str(a.threads), "CI": "true"}
     cmd = [sys.executable, __file__, "--_ours", label, "--_work", str(work), "--threads", str(a.threads),
            "--ed-precision", a.ed_precision, "--_out", str(out)] + (["--batches", str(a.batches)] if a.batches else [])
-    r = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     if r.returncode or not out.is_file():
         fail(f"our training loop failed (exit {r.returncode}): {(r.stderr or r.stdout).strip()[-400:]}")
     return json.loads(out.read_text())
