@@ -109,3 +109,13 @@ def test_top_k_rows_with_fewer_than_k_rankable_items(monkeypatch):
     ref_i = _reference(model, Split(seq.numpy(), np.array([n - 2]), np.array([4]), np.arange(1)), True)[1][1]
     assert sorted(ids[0, :2].tolist()) == [4, 9] and torch.isinf(s[0, 2:]).all()
     assert torch.equal(ids, ref_i[:, :4]) and ids[0, 2:].tolist() == [0, 1]
+
+
+def test_top_k_of_no_rows_or_k_0_is_empty():
+    model = IntScorer(30)
+    seq, lens = torch.full((0, 4), 30), torch.zeros(0, dtype=torch.long)
+    for chunk in (None, 7):
+        ids, s = top_k(model, seq, lens, 5, chunk)
+        assert ids.shape == (0, 5) and s.shape == (0, 5)
+        ids, s = top_k(model, torch.tensor([[1, 30]]), torch.tensor([1]), 0, chunk)
+        assert ids.shape == (1, 0)

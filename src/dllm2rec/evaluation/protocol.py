@@ -187,6 +187,9 @@ def top_k(model, seq: torch.Tensor, lens: torch.Tensor, k: int = 20, item_chunk:
         k = min(int(k), n)
         state = model.encode(seq, lens)
         w, b = model.output_weight(), model.output_bias()
+        if k <= 0 or state.shape[0] == 0:  # nothing to rank: the blocked passes assume >= 1 row and k >= 1
+            return (torch.zeros(state.shape[0], max(k, 0), dtype=torch.long, device=state.device),
+                    torch.zeros(state.shape[0], max(k, 0), dtype=w.dtype, device=state.device))
         if item_chunk is None or item_chunk >= n:
             sc = torch.nn.functional.linear(state, w, b)
             if exclude_history:
