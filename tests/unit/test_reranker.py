@@ -166,3 +166,42 @@ def test_artifacts_validate_and_resume_after_a_kill(tiny, tmp_path):
     with pytest.raises(ArtifactError, match="fingerprint"):
         TeacherArtifacts.load(tmp_path / "art", other)
     assert json.loads((wd / "plan.json").read_text())["decoding"]["reranker"] == "label-logits"
+
+
+def test_cli_module_fit_evaluate_artifacts(tiny, tmp_path):
+    """The module's typer app on its own (its registration in cli/teacher.py is one line, added separately)."""
+    import typer
+    from typer.testing import CliRunner
+
+    from dllm2rec.cli.teacher_reranker import register
+    from dllm2rec.students.base import build_student
+    from dllm2rec.students.checkpoint import save_student
+    from dllm2rec.teachers.artifacts import TeacherArtifacts
+
+    ds, path = tiny
+    ds.save(tmp_path / "ds")
+    save_student(build_student("sasrec", ds.n_items, max_len=ds.max_len, dim=16), tmp_path / "student")
+    app = typer.Typer()
+    register(app)
+
+    def cli(*args):
+        res = CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
+        assert res.exit_code == 0, res.output
+        return json.loads(res.output[res.output.index("{"):])
+
+    common = [tmp_path / "ds", "--retriever", tmp_path / "student"]
+    fit = cli("fit-reranker", *common, "--out", tmp_path / "fit", "--model", path, "--m", 4, "--steps", 2,
+              "--budget-rows", 4, "--batch-size", 2, "--warmup-steps", 1, "--item-emb", "random")
+    assert fit["steps"] == 2 and fit["finished"]
+    ev = cli("evaluate-reranker", *common, "--reranker", tmp_path / "fit" / "adapter", "--split", "test",
+             "--rows", 6, "--latency", 2)
+    assert ev["rows"] == 6 and set(ev["table"]) == {"retriever", "reranker", "popularity"}
+    assert ev["table"]["reranker"]["HR@20"]["mean"] == ev["table"]["retriever"]["HR@20"]["mean"] or ev["m"] > 20
+    assert ev["latency_ms"]["requests"] == 2
+    art = cli("rerank-artifacts", *common, "--reranker", tmp_path / "fit" / "adapter", "--work", tmp_path / "w",
+              "--out", tmp_path / "art", "--budget", 10, "--shard-size", 4)
+    assert art["complete"] and art["rows_covered"] == 10
+    assert TeacherArtifacts.load(tmp_path / "art", ds).manifest["commands"]
+    with pytest.raises(ConfigError, match="field 'labels'"):
+        CliRunner().invoke(app, [str(a) for a in ["fit-reranker", *common, "--out", tmp_path / "bad", "--model",
+                                                  path, "--m", 30]], catch_exceptions=False)

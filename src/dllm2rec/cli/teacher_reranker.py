@@ -112,6 +112,8 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(0, help="Seed of the row sample."),
         latency: int = typer.Option(0, help="Also time this many one-user requests (reranker vs retriever)."),
         eval_batch: int = typer.Option(4, "--eval-batch", help="Rows per LLM forward."),
+        m: Optional[int] = typer.Option(None, "--m", help="Candidates per request (default: as trained; labels "
+                                                          "beyond the trained M were never a training target)."),
         json_out: Optional[Path] = typer.Option(None, "--json-out", help="Write the full result (with ranks)."),
         threads: int = typer.Option(1, help="torch threads."),
     ) -> None:
@@ -129,8 +131,8 @@ def register(app: typer.Typer) -> None:
         torch.set_num_threads(threads)
         ds = SeqDataset.load(dataset)
         ret, _ = _retriever(retriever)
-        t = RerankerTeacher.load(reranker, ds, retriever=ret, config={"eval_batch": eval_batch,
-                                                                      "retriever": str(retriever)})
+        over = {"eval_batch": eval_batch, "retriever": str(retriever), **({"m": m} if m else {})}
+        t = RerankerTeacher.load(reranker, ds, retriever=ret, config=over)
         n = len(ds[split])
         pos = select_rows(n, budget=rows or None, select="random", seed=seed)
         ev = t.evaluate(ds, split, ks=(1, 5, 10, 20), rows=pos)
