@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from dllm2rec.errors import ConfigError
@@ -93,6 +94,42 @@ class _TeacherProjection(nn.Module):
             out = self.proj(z)
         return out.float()
 
+    def _live_columns(self) -> torch.Tensor | None:
+        """The table's non-zero columns, or None when more than 75 % are live. Computed lazily and re-checked when the
+        buffer changes (``from_spec`` loads the real table after ``__init__``).
+
+        Why: a teacher exported with ``--pad-to 4096`` (the official script's hard-coded width) is mostly zero
+        columns. They add exactly 0 to g(z) and receive exactly 0 gradient, so Adam never moves them: projecting
+        only the live columns is the same model (checkpoints still hold the full ``Linear(D, d)``) at a fraction of
+        the cost — on the padded LastFM teacher 382 of 4,096 columns are live."""
+        key = (self.teacher_emb.data_ptr(), self.teacher_emb._version, self.teacher_emb.device)
+        if getattr(self, "_live_key", None) != key:
+            live = (self.teacher_emb != 0).any(dim=0).nonzero().squeeze(1)
+            use = live.numel() <= 0.75 * self.d_in
+            self._live = live if use else None
+            self._z_live = self.teacher_emb.index_select(1, live).contiguous() if use else None
+            self._live_key = key
+        return self._live
+
+    def _project_rows(self, ids: torch.Tensor) -> torch.Tensor:
+        """g(z_ids) in float32 for the table rows ``ids``, through the live columns only when the table has dead
+        ones (equal to ``_project(teacher_emb[ids])`` up to float summation order)."""
+        live = self._live_columns()
+        if live is None:
+            return self._project(self.teacher_emb.index_select(0, ids))  # row copy; 3x faster than [ids] on CPU
+        z = self._z_live.index_select(0, ids)
+        first = self.proj if isinstance(self.proj, nn.Linear) else self.proj[0]
+
+        def run(z: torch.Tensor) -> torch.Tensor:
+            h = F.linear(z, first.weight.index_select(1, live), first.bias)
+            return h if first is self.proj else self.proj[2](self.proj[1](h))
+
+        if z.dtype == torch.float32:
+            return run(z)
+        with torch.autocast(device_type=z.device.type, dtype=z.dtype):
+            out = run(z)
+        return out.float()
+
     @classmethod
     def from_spec(cls, spec: dict, state: dict, prefix: str) -> "_TeacherProjection":
         key = prefix + "teacher_emb"
@@ -111,7 +148,7 @@ class TeacherInputOffset(_TeacherProjection):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         uniq, inv = torch.unique(ids, return_inverse=True)
-        p = self._project(self.teacher_emb.index_select(0, uniq))  # row copy; 3x faster than [uniq] on CPU
+        p = self._project_rows(uniq)
         p = p * (uniq != self.n_items).unsqueeze(1).to(p.dtype)
         if self.weight != 1.0:
             p = p * self.weight
@@ -133,7 +170,7 @@ class TeacherOutputOffset(_TeacherProjection):
         table every step). The same per-row arithmetic as ``forward``; a GEMM over fewer rows may round in another
         order, so equal to forward()[ids] to float rounding (tests/unit/test_sparse_training.py)."""
         uniq, inv = torch.unique(ids, return_inverse=True)
-        p = self._project(self.teacher_emb.index_select(0, uniq))
+        p = self._project_rows(uniq)
         if self.weight != 1.0:
             p = p * self.weight
         return p[inv]
