@@ -263,3 +263,20 @@ def test_topk_from_state_streams_the_same_ids():
     for chunk in (None, 7, 128):
         got = m.topk_from_state(state, 10, chunk)
         assert torch.equal(got.sort(1).values, want.sort(1).values), chunk
+
+
+def test_sparse_dllm2rec_step_never_scores_the_whole_catalogue(tmp_path, tiny_dataset, monkeypatch):
+    """Under optim.sparse the consistency top-K is streamed (StepContext.student_topk): a DLLM2Rec step (no DROS)
+    never calls score_all, and it keeps the same consistency weights as the dense path's full-score top-K."""
+    tr = _trainer(tmp_path, tiny_dataset, "s", "optim.sparse=true", *DLLM)
+    idx, neg = _fixed_batch(tr)
+    torch.manual_seed(7)
+    want = sum(tr.step_loss(idx, 1, 0, neg).values())  # the reference value
+
+    def boom(*a, **k):
+        raise AssertionError("score_all called under optim.sparse")
+
+    monkeypatch.setattr(tr.model, "score_all", boom)
+    torch.manual_seed(7)
+    got = sum(tr.step_loss(idx, 1, 0, neg).values())
+    torch.testing.assert_close(got, want)

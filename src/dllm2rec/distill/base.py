@@ -38,6 +38,15 @@ class StepContext:
             self._full = self.model.score_all(self.state)
         return self._full
 
+    def student_topk(self, K: int) -> torch.Tensor:
+        """[B, K] ids of the student's K best items on this step's train-mode states (the consistency weight).
+        Dense runs take them from ``full_scores`` (computed once per step, so call this with grad enabled the first
+        time, as before); under ``optim.sparse`` they are streamed over item chunks without grad, so no [B, N]
+        matrix (1 GiB at 1M items, batch 256) exists when nothing else asked for it."""
+        if self._full is not None or not getattr(self.model, "sparse_grads", False):
+            return self.full_scores.detach().topk(K, dim=1).indices
+        return self.model.topk_from_state(self.state, K)
+
     def dros(self, ps: torch.Tensor, beta: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
         """(DROS sum with the target swapped, plain sum) per row over ``full_scores`` (``losses.dros_lse``),
         computed once per step for equal (ps, β): the student's DROS loss and the official distillation's

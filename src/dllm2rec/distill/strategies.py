@@ -134,8 +134,8 @@ class DLLM2RecStrategy(Strategy):
     def importance_weights(self, ctx: StepContext, cand, dist) -> torch.Tensor:
         p = self.p
         B, K = cand.shape
-        # first use of ctx.full_scores must happen with grad enabled: the context caches it for the whole step
-        full = ctx.full_scores if p["use_consistency"] else None
+        # before no_grad: a dense run's first use of ctx.full_scores must have grad on (cached for the whole step)
+        top = ctx.student_topk(K) if p["use_consistency"] else None
         with torch.no_grad():
             wp = weights.position_weights(K, p["beta"], device=cand.device) if p["use_position"] else None
             wc = None
@@ -147,7 +147,7 @@ class DLLM2RecStrategy(Strategy):
                     wc = weights.confidence_weights(dist, p["confidence_norm"], p["confidence_temperature"])
             wo = None
             if p["use_consistency"]:
-                wo = weights.consistency_weights(cand, weights.student_topk(full, K))
+                wo = weights.consistency_weights(cand, top)
             return weights.combine(wp, wc, wo, p["gamma_p"], p["gamma_c"], p["gamma_o"],
                                    row_normalise=p["row_normalise"], shape=(B, K)).to(ctx.state.dtype)
 
