@@ -34,6 +34,7 @@ from dllm2rec.teachers.artifacts import TeacherArtifacts
 from dllm2rec.teachers.controls import make_control
 from dllm2rec.training import distributed as D
 from dllm2rec.training.trainer import Trainer
+from dllm2rec.utils.mmap import is_mapped
 
 N_EVAL = 150  # valid/test rows of the dataset below: one flipped row moves HR by 1/150
 # 1200 training rows, global batch 109: 11 full batches split 55/54 and a last batch of ONE row (rank 1 runs an
@@ -184,11 +185,11 @@ def test_shard_splits_global_batches_and_pads_empty_slices():
 def test_shared_loaders_memory_map_and_equal_normal_loaders(world):
     a, b = SeqDataset.load(world / "data"), D.load_dataset_shared(world / "data")
     assert a.fingerprint() == b.fingerprint()
-    assert all(D.is_mapped(b[s].seq) and D.is_mapped(b[s].target) for s in b.splits)
-    assert not D.is_mapped(a["train"].seq)
+    assert all(is_mapped(b[s].seq) and is_mapped(b[s].target) for s in b.splits)
+    assert not is_mapped(a["train"].seq)
     t1 = TeacherArtifacts.load(world / "teacher", a)
     t2 = D.load_teacher_shared(world / "teacher", a)
-    assert D.is_mapped(t2.item_emb) and t2.topk_ids.dtype == np.int64 and t2.covered.dtype == bool
+    assert is_mapped(t2.item_emb) and t2.topk_ids.dtype == np.int64 and t2.covered.dtype == bool
     for k in ("item_emb", "topk_ids", "topk_dist", "covered"):
         np.testing.assert_array_equal(getattr(t1, k), getattr(t2, k))
     # a Trainer on the mapped dataset uses the mapped training arrays in place (no per-process copy)

@@ -27,28 +27,27 @@ Design (see docs/scaling.md):
 - **Rank 0** evaluates, selects, early-stops, writes checkpoints and logs; the decision
   (best metric/epoch, bad evaluations) is broadcast. RNG states of all ranks are saved in ``last/`` so
   ``--resume`` under DDP continues exactly.
-- **Shared memory**: ``load_dataset_shared`` memory-maps the split arrays straight out of the (uncompressed)
-  ``.npz`` files and ``load_teacher_shared`` memory-maps the safetensors tensors, so N processes on a node share
-  one page-cache copy of the data instead of N private copies.
+- **Shared memory**: ``load_dataset_shared`` / ``load_teacher_shared`` are ``SeqDataset.load`` /
+  ``TeacherArtifacts.load`` with ``mmap=True`` (``utils/mmap.py``): split arrays and safetensors tensors are
+  memory-mapped, so N processes on a node share one page-cache copy of the data instead of N private copies.
 """
 from __future__ import annotations
 
 import datetime
-import json
 import os
-import struct
 import sys
 import warnings
-import zipfile
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
 
+from dllm2rec.data.registry import load_or_prepare
+from dllm2rec.data.schema import SeqDataset
 from dllm2rec.errors import Dllm2recError
+from dllm2rec.teachers.artifacts import TeacherArtifacts
 
 
 # ---------------------------------------------------------------------------------------------- process group
@@ -202,118 +201,18 @@ def rank_seed(seed: int, r: int) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- shared data
-def _memmap(path: Path, dtype: np.dtype, offset: int, shape: tuple, fortran: bool = False) -> np.ndarray:
-    if int(np.prod(shape, dtype=np.int64)) == 0:
-        return np.empty(shape, dtype=dtype)
-    # mode "c": MAP_PRIVATE — pages stay shared with the page cache (and other processes) unless written
-    return np.memmap(path, dtype=dtype, mode="c", offset=offset, shape=shape, order="F" if fortran else "C")
-
-
-def mmap_npz(path: str | Path) -> dict[str, np.ndarray] | None:
-    """Memory-map every array of an *uncompressed* .npz (what ``np.savez`` writes); None if it can't be mapped."""
-    path = Path(path)
-    out: dict[str, np.ndarray] = {}
-    with zipfile.ZipFile(path) as zf:
-        infos = zf.infolist()
-    with open(path, "rb") as f:
-        for zi in infos:
-            if zi.compress_type != zipfile.ZIP_STORED or not zi.filename.endswith(".npy"):
-                return None
-            f.seek(zi.header_offset)
-            hdr = f.read(30)
-            if hdr[:4] != b"PK\x03\x04":
-                return None
-            n_name, n_extra = struct.unpack("<HH", hdr[26:30])
-            f.seek(zi.header_offset + 30 + n_name + n_extra)
-            version = np.lib.format.read_magic(f)
-            if version == (1, 0):
-                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-            elif version == (2, 0):
-                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
-            else:
-                return None
-            if dtype.hasobject:
-                return None
-            out[zi.filename[:-4]] = _memmap(path, dtype, f.tell(), shape, fortran)
-    return out
-
-
 def load_dataset_shared(path: str | Path, verify: bool = True):
-    """``SeqDataset.load`` with the split arrays memory-mapped (falls back to the normal loader if it can't)."""
-    from dllm2rec.data.schema import SeqDataset, Split
-
-    path = Path(path)
-    try:
-        manifest = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
-        titles = json.loads((path / "items.json").read_text(encoding="utf-8"))
-        if manifest.get("format") != "dllm2rec-dataset":
-            raise ValueError("format")
-        splits = {}
-        for name in manifest["splits"]:
-            arrays = mmap_npz(path / f"{name}.npz")
-            if arrays is None:
-                raise ValueError("compressed")
-            splits[name] = Split(**arrays)
-    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile):
-        return SeqDataset.load(path, verify=verify)  # the normal loader reports the problem precisely
-    ds = SeqDataset(manifest["name"], int(manifest["n_items"]), int(manifest["max_len"]), titles, splits,
-                    manifest.get("meta", {}))
-    ds.validate(str(path))
-    if verify and ds.fingerprint() != manifest["fingerprint"]:
-        return SeqDataset.load(path, verify=verify)  # raises the precise DataError
-    return ds
-
-
-_ST_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.int64, "I32": np.int32,
-              "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
-
-
-def mmap_safetensors(path: str | Path) -> dict[str, np.ndarray] | None:
-    """Memory-map every tensor of a .safetensors file (None for dtypes numpy can't map, e.g. bf16)."""
-    path = Path(path)
-    with open(path, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(n))
-    base = 8 + n
-    out = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        dt = _ST_DTYPES.get(info["dtype"])
-        if dt is None:
-            return None
-        begin, _ = info["data_offsets"]
-        out[name] = _memmap(path, np.dtype(dt).newbyteorder("<"), base + begin, tuple(info["shape"]))
-    return out
+    """``SeqDataset.load`` with the split arrays memory-mapped (one page-cache copy per node)."""
+    return SeqDataset.load(path, verify=verify, mmap=True)
 
 
 def load_teacher_shared(path: str | Path, dataset=None):
-    """``TeacherArtifacts.load`` with ``item_emb``/``topk_dist``/``target_dist`` memory-mapped.
-
-    ``topk_ids`` (int32 on disk) and ``covered`` (uint8) are converted to the in-memory contract (int64 / bool),
-    which copies those [R, n] / [R] arrays; the [N, D] teacher embedding matrix — the large one — stays shared.
-    """
-    from dllm2rec.teachers.artifacts import FORMAT, TeacherArtifacts
-
-    path = Path(path)
-    try:
-        manifest = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
-        if manifest.get("format") != FORMAT:
-            raise ValueError("format")
-        t = mmap_safetensors(path / "artifacts.safetensors")
-        if t is None or not {"item_emb", "topk_ids", "topk_dist", "covered"} <= set(t):
-            raise ValueError("tensors")
-    except (OSError, ValueError, KeyError, TypeError, struct.error):
-        return TeacherArtifacts.load(path, dataset)  # the normal loader reports the problem precisely
-    art = TeacherArtifacts(t["item_emb"], t["topk_ids"].astype(np.int64), t["topk_dist"],
-                           t["covered"].astype(bool), t.get("target_dist"), manifest)
-    return art.validate(dataset, str(path))
+    """``TeacherArtifacts.load`` with the [N, D] teacher matrix memory-mapped (one page-cache copy per node)."""
+    return TeacherArtifacts.load(path, dataset, mmap=True)
 
 
 def resolve_dataset_shared(path_or_name: str):
     """Dataset for a DDP run: prepared directories memory-mapped; presets prepared once, by rank 0."""
-    from dllm2rec.data.registry import load_or_prepare
-
     p = Path(path_or_name)
     if (p / "manifest.json").is_file():
         return load_dataset_shared(p)
@@ -322,12 +221,3 @@ def resolve_dataset_shared(path_or_name: str):
     return ds if ds is not None else load_or_prepare(path_or_name)
 
 
-def is_mapped(a) -> bool:
-    """True if ``a`` (an array, or a view of one) is backed by a memory-mapped file."""
-    import mmap
-
-    while a is not None:
-        if isinstance(a, (np.memmap, mmap.mmap)):
-            return True
-        a = getattr(a, "base", None)
-    return False
