@@ -1,10 +1,14 @@
 """Contract every registered student must satisfy (the implicit-style shared test)."""
+import inspect
+
 import pytest
 import torch
 from torch import nn
 
-from dllm2rec.registry import available
+from dllm2rec.errors import ConfigError
+from dllm2rec.registry import available, get_student
 from dllm2rec.students import build_student
+from dllm2rec.students.base import StudentParams
 from dllm2rec.students.checkpoint import load_student, save_student
 
 N, L = 30, 6
@@ -33,6 +37,28 @@ class _Offset(nn.Module):
 
 def test_builtins_registered():
     assert {"sasrec", "gru4rec", "caser"} <= set(STUDENTS)
+
+
+@pytest.mark.parametrize("name", STUDENTS)
+def test_typed_params_match_the_constructor(name):
+    """params_cls is the one typed list of a student's hyper-parameters: same names and defaults as the
+    constructor's keywords, and every field survives init_kwargs (so checkpoints rebuild the architecture)."""
+    cls = get_student(name)
+    assert issubclass(cls.params_cls, StudentParams) and cls.params_cls is not StudentParams
+    sig = {k: v.default for k, v in inspect.signature(cls.__init__).parameters.items() if k not in ("self", "n_items")}
+    fields = {k: f.get_default(call_default_factory=True) for k, f in cls.params_cls.model_fields.items()}
+    norm = lambda d: {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}  # noqa: E731
+    assert norm(sig) == norm(fields)
+    m = build_student(name, N, max_len=L)
+    assert set(m.init_kwargs()) - {"name", "n_items"} == set(fields)
+
+
+@pytest.mark.parametrize("name", STUDENTS)
+def test_bad_params_are_one_line_naming_the_field(name):
+    with pytest.raises(ConfigError, match=r"field 'dim'.*greater than or equal to 1"):
+        build_student(name, N, dim=0)
+    with pytest.raises(ConfigError, match=r"field 'no_such_option'"):
+        build_student(name, N, no_such_option=1)
 
 
 @pytest.mark.parametrize("name", STUDENTS)

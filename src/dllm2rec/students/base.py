@@ -20,11 +20,14 @@ loss that back-propagates through all N scores still yields a dense gradient (th
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
+
+from dllm2rec.errors import ConfigError
 
 
 class _SparseRows(torch.autograd.Function):
@@ -53,9 +56,22 @@ def sparse_rows(weight: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return _SparseRows.apply(weight, idx)
 
 
+class StudentParams(BaseModel):
+    """Typed architecture hyper-parameters (RecBole-style per-model defaults): every student declares a subclass as
+    ``params_cls`` with its own fields; ``build_student`` validates a config against it, so a typo or an
+    out-of-range value is one line naming the field instead of a TypeError deep in a constructor. The
+    constructor's keyword defaults equal these (a contract test checks it)."""
+
+    model_config = ConfigDict(extra="forbid")
+    max_len: int = Field(10, ge=1, description="history window L")
+    dim: int = Field(64, ge=1, description="item embedding / hidden size d (paper: 64)")
+    dropout: float = Field(0.1, ge=0.0, lt=1.0, allow_inf_nan=False, description="dropout in [0, 1) (paper: 0.1)")
+
+
 class SequentialStudent(nn.Module, ABC):
     registry_name: str = "?"
     paper: str = ""
+    params_cls: ClassVar[type[StudentParams]] = StudentParams
 
     def __init__(self, n_items: int, max_len: int = 10, dim: int = 64, dropout: float = 0.1, **kwargs: Any):
         super().__init__()
@@ -173,7 +189,25 @@ class SequentialStudent(nn.Module, ABC):
         return {"name": self.registry_name, "n_items": self.n_items, **self._init_kwargs}
 
 
+def validate_student_params(name: str, kwargs: dict[str, Any]) -> StudentParams:
+    """The student's typed parameters from ``kwargs``, or a one-line ConfigError naming the field."""
+    from dllm2rec.registry import get_student
+
+    cls = get_student(name)
+    try:
+        return cls.params_cls.model_validate(kwargs)
+    except ValidationError as e:
+        err = e.errors()[0]
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        if not err["loc"]:  # a check across fields (e.g. SASRec's n_heads | dim)
+            raise ConfigError(f"student '{name}': {msg}") from None
+        field = ".".join(map(str, err["loc"]))
+        raise ConfigError(f"student '{name}': field '{field}': {msg} (got {err['input']!r}); "
+                          f"fields: {', '.join(cls.params_cls.model_fields)}") from None
+
+
 def build_student(name: str, n_items: int, **kwargs: Any) -> SequentialStudent:
     from dllm2rec.registry import get_student
 
-    return get_student(name)(n_items=n_items, **kwargs)
+    params = validate_student_params(name, kwargs)
+    return get_student(name)(n_items=n_items, **params.model_dump())

@@ -8,15 +8,23 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field, PositiveInt
 from torch import nn
 
 from dllm2rec.registry import register_student
-from dllm2rec.students.base import SequentialStudent
+from dllm2rec.students.base import SequentialStudent, StudentParams
+
+
+class CaserParams(StudentParams):
+    num_filters: int = Field(16, ge=1, description="filters per horizontal height (official: 16)")
+    filter_sizes: list[PositiveInt] = Field([2, 3, 4], min_length=1,
+                                            description="horizontal filter heights; heights > max_len are dropped")
 
 
 @register_student("caser")
 class Caser(SequentialStudent):
     paper = "Tang & Wang, WSDM 2018"
+    params_cls = CaserParams
 
     def __init__(self, n_items: int, max_len: int = 10, dim: int = 64, dropout: float = 0.1,
                  num_filters: int = 16, filter_sizes: tuple[int, ...] | list[int] = (2, 3, 4)):

@@ -7,15 +7,21 @@ position len-1 gives the same state and is faster on CPU). ``n_layers`` stacks G
 from __future__ import annotations
 
 import torch
+from pydantic import Field
 from torch import nn
 
 from dllm2rec.registry import register_student
-from dllm2rec.students.base import SequentialStudent
+from dllm2rec.students.base import SequentialStudent, StudentParams
+
+
+class GRU4RecParams(StudentParams):
+    n_layers: int = Field(1, ge=1, description="stacked GRU layers (official: 1)")
 
 
 @register_student("gru4rec")
 class GRU4Rec(SequentialStudent):
     paper = "Hidasi et al., ICLR 2016"
+    params_cls = GRU4RecParams
 
     def __init__(self, n_items: int, max_len: int = 10, dim: int = 64, dropout: float = 0.1, n_layers: int = 1):
         super().__init__(n_items, max_len, dim, dropout)

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field, model_validator
 from torch import nn
 
 from dllm2rec.registry import register_student
-from dllm2rec.students.base import SequentialStudent
+from dllm2rec.students.base import SequentialStudent, StudentParams
 
 
 class _Block(nn.Module):
@@ -63,9 +64,21 @@ class _Block(nn.Module):
         return y
 
 
+class SASRecParams(StudentParams):
+    n_layers: int = Field(1, ge=1, description="self-attention blocks (official: 1)")
+    n_heads: int = Field(1, ge=1, description="attention heads; must divide dim (official: 1)")
+
+    @model_validator(mode="after")
+    def _heads_divide_dim(self) -> "SASRecParams":
+        if self.dim % self.n_heads:
+            raise ValueError(f"n_heads={self.n_heads} must divide dim={self.dim}")
+        return self
+
+
 @register_student("sasrec")
 class SASRec(SequentialStudent):
     paper = "Kang & McAuley, ICDM 2018"
+    params_cls = SASRecParams
 
     def __init__(self, n_items: int, max_len: int = 10, dim: int = 64, dropout: float = 0.1,
                  n_layers: int = 1, n_heads: int = 1):
