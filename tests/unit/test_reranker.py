@@ -39,7 +39,7 @@ def _teacher(ds, path, **cfg):
     from dllm2rec.evaluation.baselines import popularity_scorer
     from dllm2rec.teachers.reranker import ModelRetriever, RerankerTeacher
 
-    base = dict(model=str(path), m=M, steps=4, batch_size=4, warmup_steps=1, budget_rows=12, lr=5e-3,
+    base = dict(model=str(path), top_n=M, steps=4, batch_size=4, warmup_steps=1, budget_rows=12, lr=5e-3,
                 eval_batch=3, save_every=2, item_emb="random")
     return RerankerTeacher({**base, **cfg}, retriever=ModelRetriever(popularity_scorer(ds), name="popularity"))
 
@@ -56,9 +56,9 @@ def test_labels_are_single_tokens_and_bad_labels_are_refused(tiny):
     with pytest.raises(ConfigError, match="label 'é'"):
         label_token_ids(tok, "Aé")  # 'é' is two bytes: two byte-level tokens (unmerged in this corpus)
     with pytest.raises(ConfigError, match="field 'labels'"):
-        RerankerTeacher(m=5, labels="ABCD")
+        RerankerTeacher(top_n=5, labels="ABCD")
     with pytest.raises(ConfigError, match="field 'labels'"):
-        RerankerTeacher(m=2, labels="AAB")
+        RerankerTeacher(top_n=2, labels="AAB")
 
 
 def test_prompt_lists_history_and_labelled_candidates(tiny):
@@ -117,7 +117,8 @@ def test_scores_shape_rerank_is_a_permutation_and_fit_lowers_the_loss(tiny, tmp_
     # hand-checked full ranking: candidate hits take their reranked position, misses keep the retriever's rank
     o = np.array([[7, 3, 5], [1, 2, 4]])
     assert full_ranks(o, np.array([5, 9]), np.array([0.0, 17.0])).tolist() == [2.0, 17.0]
-    ev = t.evaluate(ds, "test", ks=(1, 5, 10), rows=rows)
+    ev = t.compare(ds, "test", ks=(1, 5, 10), rows=rows)
+    assert t.evaluate(ds, "test", ks=(1, 5, 10), rows=rows) == ev["reranker"]
     assert ev["rows"] == 5 and len(ev["ranks"]["reranker"]) == 5
     # below M the rankings differ only inside the candidates; a target outside them has the same rank in both
     rr, rt = np.array(ev["ranks"]["reranker"]), np.array(ev["ranks"]["retriever"])

@@ -62,7 +62,8 @@ def register(app: typer.Typer) -> None:
                                                                 "the candidates."),
         out: Path = typer.Option(..., "--out", help="Output dir: adapter/, last/ (resumable), log.jsonl."),
         model: str = typer.Option("smollm2-135m", help="LLM: local HF dir, .gguf file or alias."),
-        m: int = typer.Option(20, "--m", help="Candidates per request (retriever top-M, <= number of labels)."),
+        m: int = typer.Option(20, "--m", "--top-n",
+                              help="Candidates per request (retriever top-M, <= number of labels)."),
         labels: str = typer.Option("ABCDEFGHIJKLMNOPQRSTUVWXYZ", help="Single-token candidate labels."),
         steps: int = typer.Option(100, help="Optimizer steps."),
         batch_size: int = typer.Option(4, "--batch-size", help="Rows per step."),
@@ -89,7 +90,7 @@ def register(app: typer.Typer) -> None:
         torch.set_num_threads(threads)
         ds = SeqDataset.load(dataset)
         ret, _ = _retriever(retriever)
-        t = RerankerTeacher.from_config(dict(model=model, retriever=str(retriever), m=m, labels=labels, steps=steps,
+        t = RerankerTeacher.from_config(dict(model=model, retriever=str(retriever), top_n=m, labels=labels, steps=steps,
                                              batch_size=batch_size, budget_rows=budget_rows, lr=lr, lora_r=lora_r,
                                              lora_alpha=lora_alpha, warmup_steps=warmup_steps,
                                              lora_layers=lora_layers, max_title_chars=max_title_chars,
@@ -112,8 +113,9 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(0, help="Seed of the row sample."),
         latency: int = typer.Option(0, help="Also time this many one-user requests (reranker vs retriever)."),
         eval_batch: int = typer.Option(4, "--eval-batch", help="Rows per LLM forward."),
-        m: Optional[int] = typer.Option(None, "--m", help="Candidates per request (default: as trained; labels "
-                                                          "beyond the trained M were never a training target)."),
+        m: Optional[int] = typer.Option(None, "--m", "--top-n",
+                                        help="Candidates per request (default: as trained; labels beyond the "
+                                             "trained M were never a training target)."),
         json_out: Optional[Path] = typer.Option(None, "--json-out", help="Write the full result (with ranks)."),
         threads: int = typer.Option(1, help="torch threads."),
     ) -> None:
@@ -131,11 +133,11 @@ def register(app: typer.Typer) -> None:
         torch.set_num_threads(threads)
         ds = SeqDataset.load(dataset)
         ret, _ = _retriever(retriever)
-        over = {"eval_batch": eval_batch, "retriever": str(retriever), **({"m": m} if m else {})}
+        over = {"eval_batch": eval_batch, "retriever": str(retriever), **({"top_n": m} if m else {})}
         t = RerankerTeacher.load(reranker, ds, retriever=ret, config=over)
         n = len(ds[split])
         pos = select_rows(n, budget=rows or None, select="random", seed=seed)
-        ev = t.evaluate(ds, split, ks=(1, 5, 10, 20), rows=pos)
+        ev = t.compare(ds, split, ks=(1, 5, 10, 20), rows=pos)
         pop = ModelRetriever(popularity_scorer(ds), t.config.exclude_history).target_ranks(ds[split], pos)
         ranks = {"retriever": ev["ranks"]["retriever"], "reranker": ev["ranks"]["reranker"], "popularity": pop}
         res = {"split": split, "rows": len(pos), "row_seed": seed, "protocol": ev["protocol"], "m": ev["m"],

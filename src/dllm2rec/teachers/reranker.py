@@ -48,7 +48,8 @@ DISTANCE = ("d = logsumexp(label logits over the M candidates) - label logit = -
 class RerankerConfig(TeacherConfig):
     model: str = Field("smollm2-135m", description="LLM: local HF dir, .gguf file or alias")
     retriever: str = Field("", description="the retriever's id (e.g. a student checkpoint dir); recorded only")
-    m: int = Field(20, ge=2, le=64, description="candidates per request (retriever top-M)")
+    top_n: int = Field(20, ge=1, le=64, description="M: candidates per request (the retriever's top M) = items per "
+                                                    "training row in the artifacts")
     labels: str = Field(DEFAULT_LABELS, description="single-token candidate labels, one character each, M used")
     max_history: int = Field(10, ge=1, description="history titles in the prompt (the last ones)")
     max_title_chars: int = Field(80, ge=0, description="titles cut to this many characters (0 = no cut)")
@@ -77,8 +78,8 @@ class RerankerConfig(TeacherConfig):
     def _labels_fit(self) -> "RerankerConfig":
         if len(set(self.labels)) != len(self.labels):
             raise ValueError("field 'labels': labels must differ")
-        if len(self.labels) < self.m:
-            raise ValueError(f"field 'labels': {len(self.labels)} labels for m={self.m} candidates")
+        if len(self.labels) < self.top_n:
+            raise ValueError(f"field 'labels': {len(self.labels)} labels for top_n={self.top_n} candidates")
         return self
 
 
@@ -152,7 +153,7 @@ class RerankerTeacher(Teacher):
     # ------------------------------------------------------------------ model
     @property
     def labels(self) -> str:
-        return self.config.labels[:self.config.m]
+        return self.config.labels[:self.config.top_n]
 
     def _ref(self):
         from dllm2rec.teachers.models import resolve_model
@@ -193,14 +194,14 @@ class RerankerTeacher(Teacher):
         self.label_ids = label_token_ids(self.tok, self.labels)
         train = dataset["train"]
         t0 = time.perf_counter()
-        cands = self.retriever.candidates(train, np.arange(len(train)), c.m)
+        cands = self.retriever.candidates(train, np.arange(len(train)), c.top_n)
         hit = (cands == train.target[:, None]).any(1)
         eligible = np.nonzero(hit)[0]
         if not len(eligible):
             raise Dllm2recError(f"dataset '{dataset.name}': no training row has its target in the retriever's top "
-                                f"{c.m}; nothing to train the reranker on")
+                                f"{c.top_n}; nothing to train the reranker on")
         pos = eligible[sample_positions(len(eligible), c.budget_rows, c.seed)]
-        log(f"[reranker] retriever top-{c.m} holds the target in {hit.mean():.1%} of {len(train):,} training rows "
+        log(f"[reranker] retriever top-{c.top_n} holds the target in {hit.mean():.1%} of {len(train):,} training rows "
             f"({time.perf_counter() - t0:.1f} s); training on {len(pos)} of them")
         prompts = self.prompts(dataset, "train", pos, cands[pos])
         targets = (cands[pos] == train.target[pos][:, None]).argmax(1)
@@ -222,7 +223,7 @@ class RerankerTeacher(Teacher):
         if self.label_ids is None:
             self.label_ids = label_token_ids(self.tok, self.labels)
         rows = np.asarray(rows, dtype=np.int64)
-        cands = self.retriever.candidates(dataset[split], rows, self.config.m)
+        cands = self.retriever.candidates(dataset[split], rows, self.config.top_n)
         prompts = self.prompts(dataset, split, rows, cands)
         out = np.zeros(cands.shape, np.float32)
         bs = self.config.eval_batch
@@ -235,6 +236,10 @@ class RerankerTeacher(Teacher):
         return cands, out
 
     def evaluate(self, dataset, split: str = "test", ks=(1, 5, 10, 20), rows=None) -> dict:
+        """HR/NDCG@K of the reranker (keys ``full-excl/HR@20`` ...); :meth:`compare` has the retriever's too."""
+        return self.compare(dataset, split, ks, rows)["reranker"]
+
+    def compare(self, dataset, split: str = "test", ks=(1, 5, 10, 20), rows=None) -> dict:
         """HR/NDCG@K of the reranker and of its retriever alone on the same rows (``rows``: positions, default
         all), with the per-row ranks; items outside the top M stay in retriever order below the reranked ones."""
         from dllm2rec.evaluation.metrics import metrics_from_ranks
@@ -252,9 +257,9 @@ class RerankerTeacher(Teacher):
         r_ret = full_ranks(cands, s.target[rows], r_all)
         r_rr = full_ranks(order, s.target[rows], r_all)
         proto = protocol_name(self.config.exclude_history)
-        return {"split": split, "rows": int(len(rows)), "protocol": proto, "m": self.config.m,
+        return {"split": split, "rows": int(len(rows)), "protocol": proto, "m": self.config.top_n,
                 "reranker": metrics_from_ranks(r_rr, ks, proto), "retriever": metrics_from_ranks(r_ret, ks, proto),
-                "target_in_top_m": float((r_ret < self.config.m).mean()) if len(rows) else 0.0,
+                "target_in_top_m": float((r_ret < self.config.top_n).mean()) if len(rows) else 0.0,
                 "retriever_pessimistic": metrics_from_ranks(r_all, ks, proto),
                 "seconds_per_row": round(secs / max(len(rows), 1), 4),
                 "ranks": {"reranker": r_rr.tolist(), "retriever": r_ret.tolist()}}
@@ -270,7 +275,7 @@ class RerankerTeacher(Teacher):
 
     def _decoding(self) -> dict:
         c = self.config
-        return {"reranker": "label-logits", "m": c.m, "labels": self.labels, "max_history": c.max_history,
+        return {"reranker": "label-logits", "m": c.top_n, "labels": self.labels, "max_history": c.max_history,
                 "max_title_chars": c.max_title_chars, "exclude_history": c.exclude_history, "retriever": c.retriever}
 
     def score_shards(self, dataset, work_dir: str | Path, positions, shard_size: int = 32, worker_id: int = 0,
@@ -351,7 +356,7 @@ class RerankerTeacher(Teacher):
             pos = train_positions(dataset, np.arange(len(train)) if rows is None else rows)
             cands, sc = self.score(dataset, "train", pos)
             decoding, model_id, adapter, secs = self._decoding(), self._model_id(), self.adapter, []
-        m = cands.shape[1] if cands.ndim == 2 and len(pos) else self.config.m
+        m = cands.shape[1] if cands.ndim == 2 and len(pos) else self.config.top_n
         R = len(train)
         ids = np.full((R, m), -1, np.int64)
         dist = np.full((R, m), np.nan, np.float32)
