@@ -200,7 +200,7 @@ def test_cli_module_fit_evaluate_artifacts(tiny, tmp_path):
     assert ev["table"]["reranker"]["HR@20"]["mean"] == ev["table"]["retriever"]["HR@20"]["mean"] or ev["m"] > 20
     assert ev["latency_ms"]["requests"] == 2
     art = cli("rerank-artifacts", *common, "--reranker", tmp_path / "fit" / "adapter", "--work", tmp_path / "w",
-              "--out", tmp_path / "art", "--budget", 10, "--shard-size", 4)
+              "--out", tmp_path / "art", "--budget", 10, "--shard-size", 4, "--item-emb", "random")
     assert art["complete"] and art["rows_covered"] == 10
     assert TeacherArtifacts.load(tmp_path / "art", ds).manifest["commands"]
     with pytest.raises(ConfigError, match="field 'labels'"):

@@ -181,6 +181,8 @@ def register(app: typer.Typer) -> None:
         num_workers: int = typer.Option(1, "--num-workers"),
         max_shards: Optional[int] = typer.Option(None, "--max-shards", help="Stop after this many shards."),
         eval_batch: int = typer.Option(4, "--eval-batch"),
+        item_emb: Optional[str] = typer.Option(None, "--item-emb", help="Artifact item embeddings: llm | minilm | "
+                                                                        "random (default: as fitted)."),
         threads: int = typer.Option(1, help="torch threads."),
     ) -> None:
         """Score training rows in resumable shards, then write the reranker's TeacherArtifacts."""
@@ -193,8 +195,8 @@ def register(app: typer.Typer) -> None:
         torch.set_num_threads(threads)
         ds = SeqDataset.load(dataset)
         ret, _ = _retriever(retriever)
-        t = RerankerTeacher.load(reranker, ds, retriever=ret, config={"eval_batch": eval_batch,
-                                                                      "retriever": str(retriever)})
+        over = {"eval_batch": eval_batch, "retriever": str(retriever), **({"item_emb": item_emb} if item_emb else {})}
+        t = RerankerTeacher.load(reranker, ds, retriever=ret, config=over)
         pos = select_rows(len(ds["train"]), budget=budget, select=select, seed=seed)
         t0 = time.perf_counter()
         res = t.score_shards(ds, work, pos, shard_size, worker_id, num_workers, max_shards)
