@@ -148,6 +148,10 @@ def test_artifacts_validate_and_resume_after_a_kill(tiny, tmp_path):
     assert all((wd / n).stat().st_mtime_ns == m for n, m in first.items())  # finished shards were not redone
     with pytest.raises(ConfigError, match="shard_size"):
         t.score_shards(ds, wd, rows, shard_size=5)
+    with pytest.raises(ConfigError, match="shard_size"):
+        t.artifacts(ds, rows=rows, work_dir=wd, shard_size=5)
+    with pytest.raises(ConfigError, match="no plan.json"):
+        t.artifacts(ds, work_dir=tmp_path / "empty")
     art = t.artifacts(ds, work_dir=wd)
     art.save(tmp_path / "art", ds)
     back = TeacherArtifacts.load(tmp_path / "art", ds)

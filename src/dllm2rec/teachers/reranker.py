@@ -215,8 +215,9 @@ class RerankerTeacher(Teacher):
             self.adapter = str(Path(out) / "adapter")
         return self
 
-    def score(self, dataset, split: str, rows) -> tuple[np.ndarray, np.ndarray]:
-        """(candidates [B, M] in retriever order, label logits [B, M]) for row positions ``rows`` of ``split``."""
+    def score(self, dataset, split: str, rows, on_batch=None) -> tuple[np.ndarray, np.ndarray]:
+        """(candidates [B, M] in retriever order, label logits [B, M]) for row positions ``rows`` of ``split``;
+        ``on_batch(rows)`` after each forward (heartbeats, outer progress bars), else a progress bar of its own."""
         import torch
 
         self._need("scoring")
@@ -229,9 +230,17 @@ class RerankerTeacher(Teacher):
         bs = self.config.eval_batch
         was = self.llm.training
         self.llm.eval()
+        bar = progress(total=len(rows), desc=f"rerank {split}", unit="row") if on_batch is None else None
         with torch.inference_mode():
             for s in range(0, len(rows), bs):
                 out[s:s + bs] = label_logits(self.llm, self.tok, prompts[s:s + bs], self.label_ids).cpu().numpy()
+                n = len(prompts[s:s + bs])
+                if bar is not None:
+                    bar.update(n)
+                else:
+                    on_batch(n)
+        if bar is not None:
+            bar.close()
         self.llm.train(was)
         return cands, out
 
@@ -298,17 +307,16 @@ class RerankerTeacher(Teacher):
                         continue
                     pos = plan.shard_positions(i)
                     t0 = time.perf_counter()
-                    cands, sc = self.score(dataset, "train", pos)
+                    cands, sc = self.score(dataset, "train", pos,
+                                           on_batch=lambda n, i=i: (shards.heartbeat(work_dir, i), bar.update(n)))
                     dt = time.perf_counter() - t0
                     shards.write_shard(work_dir, i, {"shard": i, "positions": pos,
                                                      "row_id": dataset["train"].row_id[pos].tolist(),
                                                      "candidates": cands.tolist(), "scores": sc.tolist(),
                                                      "seconds": round(dt, 4)})
-                    shards.heartbeat(work_dir, i)
                     done += 1
                     rows_now += len(pos)
                     secs += dt
-                    bar.update(len(pos))
                 finally:
                     shards.release(work_dir, i)
         finally:
@@ -333,16 +341,17 @@ class RerankerTeacher(Teacher):
     def artifacts(self, dataset, rows=None, work_dir: str | Path | None = None, shard_size: int = 32,
                   item_emb: np.ndarray | None = None, command: str | None = None,
                   **extra_manifest) -> TeacherArtifacts:
-        """TeacherArtifacts over the train split from the finished shards of ``work_dir`` (scored first if
-        pending; ``rows`` = the positions to plan). Without ``work_dir`` the rows are scored in memory. Rows not
-        scored stay uncovered (ids -1, NaN distances)."""
+        """TeacherArtifacts over the train split from the finished shards of ``work_dir``. With ``rows`` (training-row
+        positions) their plan is written or checked and its pending shards are scored first; without, the shards
+        already there are used as they are (partial coverage). Without ``work_dir`` the rows are scored in memory.
+        Rows not scored stay uncovered (ids -1, NaN distances)."""
         train = dataset["train"]
         if work_dir is not None:
             wd = Path(work_dir)
-            if not (wd / shards.PLAN).is_file():
-                if rows is None:
-                    raise ConfigError("reranker artifacts: a new work_dir needs rows (training-row positions)")
+            if rows is not None:
                 self.score_shards(dataset, wd, train_positions(dataset, rows), shard_size)
+            elif not (wd / shards.PLAN).is_file():
+                raise ConfigError(f"{wd}: no plan.json; a new work_dir needs rows (training-row positions)")
             plan, recs = shards.read_shards(wd)
             if plan.dataset_fingerprint != dataset.fingerprint():
                 raise Dllm2recError(f"{wd}: scored for dataset {plan.dataset_fingerprint}, not '{dataset.name}' "
@@ -385,11 +394,11 @@ class RerankerTeacher(Teacher):
     # ------------------------------------------------------------------ persistence
     def save(self, path, dataset=None) -> None:
         """The adapter + reranker.json (what ``fit(out=...)`` already writes under ``out/adapter``)."""
+        import json
+
         from dllm2rec.utils.io import atomic_dir
 
         self._need("saving")
-        import json
-
         with atomic_dir(path) as tmp:
             self.llm.save_pretrained(str(tmp))
             (Path(tmp) / "reranker.json").write_text(json.dumps({"teacher": TEACHER_NAME,
