@@ -43,12 +43,26 @@ def _fit_bigrec(t, ds, tmp):
 
 
 #: name -> (config small enough for the fixture, how to fit it)
+def _fit_reranker(t, ds, tmp):
+    """A popularity retriever + the tiny offline LLaMA; top_n 3 = every non-history item of the fixture."""
+    pytest.importorskip("transformers")
+    pytest.importorskip("peft")
+    from dllm2rec.evaluation.baselines import popularity_scorer
+    from dllm2rec.teachers.bigrec.tiny import make_tiny_llama
+    from dllm2rec.teachers.reranker import ModelRetriever
+
+    t = get_teacher("llm-rerank").from_config(t.config_dict() | {"model": str(make_tiny_llama(tmp / "model"))})
+    t.retriever = ModelRetriever(popularity_scorer(ds))
+    return t.fit(ds)
+
+
 RECIPES = {
     "random": ({"dim": 8, "top_n": 4, "seed": 1}, _fit_plain),
     "synthetic": ({"p": 0.8, "coverage": 0.6, "dim": 8, "top_n": 3, "seed": 2}, _fit_plain),
     # top_n 2: with 6 items and histories of 3, larger lists would reach masked items (see the report of issue 13)
     "llm-emb": ({"encoder": "random", "dim": 8, "epochs": 1, "top_n": 2, "cv_folds": 2}, _fit_plain),
     "bigrec": ({"top_n": 4}, _fit_bigrec),
+    "llm-rerank": ({"top_n": 3, "steps": 1, "batch_size": 2, "budget_rows": 4, "item_emb": "random"}, _fit_reranker),
 }
 NAMES = sorted(RECIPES)
 

@@ -50,6 +50,7 @@ _PARTS = [
     ("dllm2rec.cli.teacher", teacher_app),
     ("dllm2rec.cli.teacher_artifacts", teacher_app),
     ("dllm2rec.cli.teacher_llmemb", teacher_app),
+    ("dllm2rec.cli.teacher_reranker", teacher_app),
     ("dllm2rec.cli.train", app),
     ("dllm2rec.cli.experiment", app),
     ("dllm2rec.cli.serve", app),
