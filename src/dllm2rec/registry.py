@@ -18,7 +18,8 @@ TEACHERS: dict[str, type] = {}
 
 _BUILTIN = {
     "student": ["dllm2rec.students.sasrec", "dllm2rec.students.gru4rec", "dllm2rec.students.caser"],
-    "strategy": ["dllm2rec.distill.base", "dllm2rec.distill.strategies"],
+    "strategy": ["dllm2rec.distill.base", "dllm2rec.distill.baselines", "dllm2rec.distill.strategies",
+                 "dllm2rec.distill.listwise", "dllm2rec.distill.score_confidence", "dllm2rec.distill.gating"],
     "teacher": ["dllm2rec.teachers.registry_entries"],
 }
 _TABLES = {"student": STUDENTS, "strategy": STRATEGIES, "teacher": TEACHERS}
@@ -62,11 +63,7 @@ def register_teacher(name: str):
 
 def _load_builtins(kind: str) -> None:
     for mod in _BUILTIN[kind]:
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as e:  # a built-in module not written yet must not break the others
-            if e.name != mod:
-                raise
+        importlib.import_module(mod)  # every built-in exists: a failing import is a bug, never skipped
 
 
 def available(kind: str) -> list[str]:

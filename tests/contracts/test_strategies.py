@@ -174,3 +174,26 @@ def test_dllm2rec_on_every_student(student, ds, teacher, tmp_path):
     with torch.no_grad():
         assert torch.equal(model(torch.tensor(tr.seq[:8]), torch.tensor(tr.len[:8])),
                            loaded(torch.tensor(tr.seq[:8]), torch.tensor(tr.len[:8])))
+
+
+@pytest.mark.parametrize("name", available("strategy"))
+def test_typed_params_for_every_strategy(name, ds, teacher):
+    """Each registered strategy pairs with a typed params class (peft-style): its defaults are what describe()
+    reports, an unknown name and an out-of-range value are one line naming the parameter."""
+    from dllm2rec.distill.base import StrategyParams
+
+    cls = get_strategy(name)
+    assert issubclass(cls.params_cls, StrategyParams)
+    s = cls({}, ds, teacher)
+    fields = set(cls.params_cls.model_fields)
+    assert set(s.describe()) - {"strategy", "gate_fit"} == fields
+    if name != "none":
+        assert fields, name
+    with pytest.raises(ConfigError, match=rf"strategy '{name}': unknown parameter 'no_such_param'"):
+        cls({"no_such_param": 1}, ds, teacher)
+    bounded = next((f for f, info in cls.params_cls.model_fields.items()
+                    if any(getattr(m, "ge", None) == 0.0 or getattr(m, "gt", None) == 0.0 for m in info.metadata)),
+                   None)
+    if bounded is not None:
+        with pytest.raises(ConfigError, match=rf"strategy '{name}': {bounded}: Input should be greater"):
+            cls({bounded: -1.0}, ds, teacher)

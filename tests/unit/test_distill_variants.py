@@ -207,7 +207,7 @@ def test_bad_variant_params_are_refused(tiny):
         get_strategy("dllm2rec-gated")({"K": 3, "gate": "oracle"}, ds, t)
     with pytest.raises(ConfigError, match="needs the dataset"):
         get_strategy("listwise")({"K": 3, "gate": "target"}, None, t)
-    with pytest.raises(ConfigError, match="tau must be > 0"):
+    with pytest.raises(ConfigError, match="tau: Input should be greater than 0"):
         get_strategy("listwise")({"K": 3, "tau": 0}, ds, t)
     with pytest.raises(ConfigError, match="score_combine"):
         get_strategy("dllm2rec-score")({"K": 3, "score_combine": "sum"}, ds, t)

@@ -10,11 +10,45 @@ named loss terms; the trainer adds them to the student's own loss and logs each 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
+from pydantic import BaseModel, ConfigDict, ValidationError
 
+from dllm2rec.errors import ConfigError
 from dllm2rec.registry import register_strategy
+
+
+class StrategyParams(BaseModel):
+    """Typed parameters of a strategy (peft-style: each registered method is paired with its config class).
+
+    ``distill.params`` is validated against the strategy's ``params_cls`` when the strategy is built (before the run
+    directory exists): an unknown name, a wrong type or an out-of-range value is one line naming the parameter.
+    Subclasses add fields with ``Field(default, ge=…, description=…)``; the description is the documentation.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+
+def _param_error(name: str, cls: type[StrategyParams], err: dict) -> str:
+    loc = ".".join(map(str, err["loc"]))
+    got = err.get("input")
+    if err["type"] == "extra_forbidden":
+        return f"strategy '{name}': unknown parameter '{loc}'; known: {', '.join(cls.model_fields)}"
+    if err["type"] == "literal_error":
+        return f"strategy '{name}': {loc} must be one of {err['ctx']['expected']} (got {got!r})"
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    return f"strategy '{name}': {loc}: {msg}" + (f" (got {got!r})" if loc else "")
+
+
+def resolve_params(name: str, cls: type[StrategyParams], given: dict[str, Any],
+                   overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``distill.params`` validated by ``cls`` (``overrides``: a registered variant's other defaults, e.g.
+    ``dllm2rec-paper``'s ``variant: paper``; the user's values win); returned as a plain dict."""
+    try:
+        return cls.model_validate({**(overrides or {}), **given}).model_dump()
+    except ValidationError as e:
+        raise ConfigError(_param_error(name, cls, e.errors()[0])) from None
 
 
 @dataclass
@@ -61,16 +95,20 @@ class StepContext:
         return out
 
 
+@register_strategy("none")
 class Strategy:
-    """Base class; also the no-KD baseline."""
+    """Base class; also the no-KD baseline (no parameters)."""
 
     registry_name = "none"
     needs_teacher = False
+    params_cls: ClassVar[type[StrategyParams]] = StrategyParams
+    overrides: ClassVar[dict[str, Any]] = {}  # a registered variant's other defaults (same fields)
 
     def __init__(self, params: dict[str, Any] | None = None, dataset=None, teacher=None):
         self.params = dict(params or {})
         self.dataset = dataset
         self.teacher = teacher
+        self.p = resolve_params(self.registry_name, self.params_cls, self.params, self.overrides)
 
     def attach(self, model) -> None:
         """Install hooks / submodules on the student (called once, before the optimiser is built)."""
@@ -83,7 +121,4 @@ class Strategy:
         return {}
 
     def describe(self) -> dict[str, Any]:
-        return {"strategy": self.registry_name, **self.params}
-
-
-register_strategy("none")(Strategy)
+        return {"strategy": self.registry_name, **self.p}

@@ -13,15 +13,17 @@
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
+from pydantic import Field
 from torch import nn
 
-from dllm2rec.distill.base import StepContext, Strategy
+from dllm2rec.distill.base import StepContext, Strategy, StrategyParams
 from dllm2rec.distill.weights import position_weights
 from dllm2rec.errors import ConfigError
+from dllm2rec.registry import register_strategy
 
 
 class TeacherRows:
@@ -63,23 +65,17 @@ class TeacherRows:
         return self.ids[row_id], self.dist[row_id], self.covered[row_id]
 
 
-def resolve_params(name: str, defaults: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
-    unknown = sorted(set(given) - set(defaults))
-    if unknown:
-        raise ConfigError(f"strategy '{name}': unknown parameter(s) {', '.join(unknown)}; "
-                          f"known: {', '.join(sorted(defaults))}")
-    return {**defaults, **given}
-
-
 # ---------------------------------------------------------------------------------------------------- RD
-RD_DEFAULTS: dict[str, Any] = {
-    "lam": 0.5,            # weight of L^D added to the student loss
-    "K": 10,               # teacher items per row used as positives
-    "tau": 1.0,            # position temperature: w^a_r ∝ exp(-r/tau)
-    "weighting": "hybrid",  # position | dynamic | hybrid
-    "mu": 0.1,             # slope of the dynamic weight tanh(mu·(r̂ − r))
-    "warmup_epochs": 1,    # hybrid: epochs with the position weight alone
-}
+class RDParams(StrategyParams):
+    lam: float = Field(0.5, ge=0.0, allow_inf_nan=False, description="weight of L^D added to the student loss")
+    K: int = Field(10, ge=1, description="teacher items per row used as positives")
+    tau: float = Field(1.0, gt=0.0, allow_inf_nan=False, description="position temperature: w^a_r ∝ exp(-r/tau)")
+    weighting: Literal["position", "dynamic", "hybrid"] = "hybrid"
+    mu: float = Field(0.1, allow_inf_nan=False, description="slope of the dynamic weight tanh(mu·(r̂ − r))")
+    warmup_epochs: int = Field(1, ge=0, description="hybrid: epochs with the position weight alone")
+
+
+RD_DEFAULTS: dict[str, Any] = RDParams().model_dump()
 
 
 def rd_dynamic_weights(full_scores: torch.Tensor, cand: torch.Tensor, mu: float) -> torch.Tensor:
@@ -92,14 +88,13 @@ def rd_dynamic_weights(full_scores: torch.Tensor, cand: torch.Tensor, mu: float)
         return torch.tanh((mu * (rank - r[None, :]).to(full_scores.dtype)).clamp_min(0))
 
 
+@register_strategy("rd")
 class RDStrategy(Strategy):
     needs_teacher = True
+    params_cls = RDParams
 
     def __init__(self, params=None, dataset=None, teacher=None):
         super().__init__(params, dataset, teacher)
-        self.p = resolve_params("rd", RD_DEFAULTS, self.params)
-        if self.p["weighting"] not in ("position", "dynamic", "hybrid"):
-            raise ConfigError(f"rd: weighting must be position | dynamic | hybrid, got {self.p['weighting']!r}")
         self.rows = TeacherRows(teacher, int(self.p["K"]), dataset)
 
     def loss(self, ctx: StepContext) -> dict[str, torch.Tensor]:
@@ -123,28 +118,28 @@ class RDStrategy(Strategy):
         ld = (w * ell * cov.to(ell.dtype)[:, None]).sum() / cand.shape[0]
         return {"rd": p["lam"] * ld}
 
-    def describe(self) -> dict[str, Any]:
-        return {"strategy": self.registry_name, **self.p}
-
 
 # ---------------------------------------------------------------------------------------------------- Hint
-HINT_DEFAULTS: dict[str, Any] = {
-    "lam": 1.0,                 # weight of the MSE term
-    "direction": "student",     # student: h(b_i) ≈ z_i (FitNets); teacher: g(z_i) ≈ b_i
-    "standardise_teacher": True,  # z-score the teacher embeddings per dimension once (raw LLM states are large)
-}
+class HintParams(StrategyParams):
+    lam: float = Field(1.0, ge=0.0, allow_inf_nan=False, description="weight of the MSE term")
+    direction: Literal["student", "teacher"] = Field("student", description="student: h(b_i) ≈ z_i (FitNets); "
+                                                     "teacher: g(z_i) ≈ b_i")
+    standardise_teacher: bool = Field(True, description="z-score the teacher embeddings per dimension once (raw "
+                                      "LLM states are large)")
 
 
+HINT_DEFAULTS: dict[str, Any] = HintParams().model_dump()
+
+
+@register_strategy("hint")
 class HintStrategy(Strategy):
     needs_teacher = True
+    params_cls = HintParams
 
     def __init__(self, params=None, dataset=None, teacher=None):
         super().__init__(params, dataset, teacher)
         if teacher is None:
             raise ConfigError("hint needs teacher artifacts (distill.teacher)")
-        self.p = resolve_params("hint", HINT_DEFAULTS, self.params)
-        if self.p["direction"] not in ("student", "teacher"):
-            raise ConfigError(f"hint: direction must be student | teacher, got {self.p['direction']!r}")
         z = torch.as_tensor(np.asarray(teacher.item_emb, dtype=np.float32))
         if self.p["standardise_teacher"]:
             z = (z - z.mean(0)) / z.std(0).clamp_min(1e-6)
@@ -175,6 +170,3 @@ class HintStrategy(Strategy):
         else:
             mse = (self.reg(z) - b).pow(2).mean()
         return {"hint": self.p["lam"] * mse}
-
-    def describe(self) -> dict[str, Any]:
-        return {"strategy": self.registry_name, **self.p}

@@ -17,19 +17,24 @@ the builders below are registered with ``students.hooks`` so a distilled checkpo
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
+from dllm2rec.distill.base import StrategyParams
 from dllm2rec.errors import ConfigError
 from dllm2rec.students.hooks import register_hook
 from dllm2rec.utils.cpu import native_bf16
 
-PROJECTORS = ("linear", "mlp")
-SIDES = ("input", "output", "both")
+Projector = Literal["linear", "mlp"]
+Side = Literal["input", "output", "both"]
+Precision = Literal["auto", "float32", "bfloat16"]
+PROJECTORS = get_args(Projector)
+SIDES = get_args(Side)
 
 
 def make_projector(d_in: int, d_out: int, kind: str = "linear", hidden: int = 256) -> nn.Module:
@@ -40,8 +45,22 @@ def make_projector(d_in: int, d_out: int, kind: str = "linear", hidden: int = 25
     raise ConfigError(f"unknown projector '{kind}'; choose one of {', '.join(PROJECTORS)}")
 
 
-PRECISIONS = ("auto", "float32", "bfloat16")
+PRECISIONS = get_args(Precision)
 AUTO_BF16_MIN_DIM = 1024
+
+
+class EmbeddingParams(StrategyParams):
+    """Collaborative embedding distillation e_i = b_i + w·g(z_i) (paper §3.3), shared by every strategy that uses it."""
+
+    use_embedding: bool = Field(True, description="add the projected teacher embedding to the student's ID embedding")
+    ed_weight: float = Field(0.3, allow_inf_nan=False, description="w in e = b + w·g(z); official README command "
+                             "(code default 0.2); 0 disables")
+    projector: Projector = Field("linear", description="g: linear (official: one affine layer) | mlp")
+    mlp_hidden: int = Field(256, ge=1, description="hidden size of the mlp projector")
+    ed_side: Side = Field("input", description="input (paper/official) | output (extension) | both")
+    offset: bool = Field(True, description="false: 'w/o offset', e = g(z), ID embedding zeroed and frozen")
+    ed_precision: Precision = Field("auto", description="auto: bfloat16 table + autocast projector when D >= 1024 "
+                                    "and the CPU/GPU has native bf16, else float32")
 
 
 def resolve_precision(precision: str, d_in: int, device: str = "cpu") -> str:

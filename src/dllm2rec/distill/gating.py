@@ -24,37 +24,46 @@ parameters. The embedding term (one offset per *item*) is not gated.
 """
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Literal, get_args
 
 import numpy as np
 import torch
+from pydantic import Field
 
-from dllm2rec.distill.base import StepContext
-from dllm2rec.distill.strategies import DLLM2RecStrategy
+from dllm2rec.distill.base import StepContext, StrategyParams
+from dllm2rec.distill.strategies import DLLM2RecParams, DLLM2RecStrategy
 from dllm2rec.errors import ConfigError
 from dllm2rec.registry import register_strategy
 
-GATES = ("none", "target", "logistic")
-GATE_DEFAULTS: dict[str, Any] = {
-    "gate": "none",        # none | target | logistic (module doc)
-    "gate_k": 20,          # a row is a teacher hit if its training target is in the teacher's top-gate_k
-    "gate_floor": 0.2,     # target gate: weight of rows the teacher misses (hits weigh 1)
-    "gate_max": 3.0,       # logistic gate: clip of P̂ / mean P̂
-    "gate_ridge": 1e-3,    # logistic gate: L2 penalty on the (standardised) coefficients
-}
+Gate = Literal["none", "target", "logistic"]
+GATES = get_args(Gate)
+
+
+class GateParams(StrategyParams):
+    """The per-row teacher-reliability gate (module doc), shared by ``dllm2rec-gated`` and ``listwise``."""
+
+    gate: Gate = Field("none", description="none | target | logistic (module doc)")
+    gate_k: int = Field(20, ge=1, description="a row is a teacher hit if its training target is in the teacher's "
+                        "top-gate_k")
+    gate_floor: float = Field(0.2, ge=0.0, le=1.0, description="target gate: weight of rows the teacher misses "
+                              "(hits weigh 1)")
+    gate_max: float = Field(3.0, gt=0.0, allow_inf_nan=False, description="logistic gate: clip of P̂ / mean P̂")
+    gate_ridge: float = Field(1e-3, ge=0.0, allow_inf_nan=False, description="logistic gate: L2 penalty on the "
+                              "(standardised) coefficients")
+
+
+GATE_DEFAULTS = GateParams().model_dump()
+
+
+class GatedParams(DLLM2RecParams, GateParams):
+    gate: Gate = Field("target", description="none | target | logistic (module doc)")
 FEATURES = ("top1_logit", "margin", "entropy", "log_hist_len", "log_top1_pop")
 
 
 def _check(p: dict, teacher, dataset, name: str) -> int:
     if dataset is None:
         raise ConfigError(f"{name}: gate={p['gate']} needs the dataset (training targets)")
-    k = int(p["gate_k"])
-    if k < 1:
-        raise ConfigError(f"{name}: gate_k must be >= 1, got {k}")
-    if not 0.0 <= float(p["gate_floor"]) <= 1.0 or float(p["gate_max"]) <= 0:
-        raise ConfigError(f"{name}: gate_floor must be in [0, 1] and gate_max > 0, got "
-                          f"{p['gate_floor']!r} / {p['gate_max']!r}")
-    return min(k, teacher.top_n)
+    return min(int(p["gate_k"]), teacher.top_n)  # ranges: GateParams
 
 
 def teacher_hits(teacher, dataset, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -134,8 +143,6 @@ def logistic_gates(teacher, dataset, k: int, ridge: float, gmax: float) -> tuple
 
 def row_gates(p: dict, teacher, dataset, name: str) -> torch.Tensor | None:
     """[R] float32 gate per teacher row for ``p['gate']`` (``None`` for ``none``)."""
-    if p["gate"] not in GATES:
-        raise ConfigError(f"{name}: gate must be one of {', '.join(GATES)}, got {p['gate']!r}")
     if p["gate"] == "none":
         return None
     k = _check(p, teacher, dataset, name)
@@ -151,7 +158,7 @@ def row_gates(p: dict, teacher, dataset, name: str) -> torch.Tensor | None:
 class GatedDLLM2RecStrategy(DLLM2RecStrategy):
     """DLLM2Rec whose ranking term is scaled per row by a teacher-reliability gate (module doc)."""
 
-    overrides: ClassVar[dict[str, Any]] = {**GATE_DEFAULTS, "gate": "target"}
+    params_cls = GatedParams
 
     def __init__(self, params=None, dataset=None, teacher=None):
         super().__init__(params, dataset, teacher)

@@ -18,35 +18,37 @@ by default with the same ``ed_weight`` 0.3 so that a comparison with ``dllm2rec`
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 
 from dllm2rec.distill import gating, weights
 from dllm2rec.distill.base import StepContext, Strategy
-from dllm2rec.distill.baselines import TeacherRows, resolve_params
-from dllm2rec.distill.embedding import PROJECTORS, SIDES, attach_embedding_distillation
+from dllm2rec.distill.baselines import TeacherRows
+from dllm2rec.distill.embedding import EmbeddingParams, attach_embedding_distillation
 from dllm2rec.errors import ConfigError
 from dllm2rec.registry import register_strategy
 
-LISTWISE_DEFAULTS: dict[str, Any] = {
-    "lam": 0.5,              # λ of L_list
-    "tau": 2.0,              # softmax temperature τ (teacher and student); the loss is scaled by τ²
-    "K": 10,                 # teacher candidates per row (≤ the artifacts' top_n; ML-100K/LastFM ship 20)
-    "use_neg": False,        # also put the step's sampled negatives into the student's softmax (teacher mass 0)
-    "dist_norm": "raw",      # raw (llm-emb: d = −log p) | zscore | minmax (per row; BIGRec's L2 distances)
-    **gating.GATE_DEFAULTS,  # per-row gate on L_list: gate = none | target | logistic
-    # collaborative embedding distillation, as dllm2rec (distill/embedding.py)
-    "use_embedding": True,
-    "ed_weight": 0.3,
-    "projector": "linear",
-    "mlp_hidden": 256,
-    "ed_side": "input",
-    "offset": True,
-    "ed_precision": "auto",
-}
-DIST_NORMS = ("raw", "zscore", "minmax")
+DistNorm = Literal["raw", "zscore", "minmax"]
+DIST_NORMS = get_args(DistNorm)
+
+
+class ListwiseParams(gating.GateParams, EmbeddingParams):
+    lam: float = Field(0.5, ge=0.0, allow_inf_nan=False, description="λ of L_list")
+    tau: float = Field(2.0, gt=0.0, allow_inf_nan=False, description="softmax temperature τ (teacher and student); "
+                       "the loss is scaled by τ²")
+    K: int = Field(10, ge=1, description="teacher candidates per row (<= the artifacts' top_n; ML-100K/LastFM ship "
+                   "20)")
+    use_neg: bool = Field(False, description="also put the step's sampled negatives into the student's softmax "
+                          "(teacher mass 0)")
+    dist_norm: DistNorm = Field("raw", description="raw (llm-emb: d = −log p) | zscore | minmax (per row; BIGRec's "
+                                "L2 distances)")
+    # + the per-row gate (gating.GateParams) and collaborative embedding distillation (embedding.EmbeddingParams)
+
+
+LISTWISE_DEFAULTS = ListwiseParams().model_dump()
 
 
 def teacher_logits(dist: torch.Tensor, norm: str = "raw") -> torch.Tensor:
@@ -82,21 +84,13 @@ def listwise_kl(student: torch.Tensor, teacher: torch.Tensor, tau: float = 1.0,
 @register_strategy("listwise")
 class ListwiseStrategy(Strategy):
     needs_teacher = True
+    params_cls = ListwiseParams
 
     def __init__(self, params=None, dataset=None, teacher=None):
-        super().__init__(params, dataset, teacher)
-        name = getattr(self, "registry_name", "listwise")
-        p = self.p = resolve_params(name, LISTWISE_DEFAULTS, self.params)
+        super().__init__(params, dataset, teacher)  # validates distill.params -> self.p
+        name, p = self.registry_name, self.p
         if teacher is None:
             raise ConfigError(f"strategy '{name}' needs teacher artifacts (distill.teacher)")
-        if float(p["tau"]) <= 0:
-            raise ConfigError(f"{name}: tau must be > 0, got {p['tau']!r}")
-        if p["dist_norm"] not in DIST_NORMS:
-            raise ConfigError(f"{name}: dist_norm must be one of {', '.join(DIST_NORMS)}, got {p['dist_norm']!r}")
-        if p["projector"] not in PROJECTORS:
-            raise ConfigError(f"{name}: projector must be one of {', '.join(PROJECTORS)}")
-        if p["ed_side"] not in SIDES:
-            raise ConfigError(f"{name}: ed_side must be one of {', '.join(SIDES)}")
         self.rows = TeacherRows(teacher, int(p["K"]), dataset)
         g = gating.row_gates(p, teacher, dataset, name)
         if g is not None:
@@ -121,6 +115,3 @@ class ListwiseStrategy(Strategy):
         g = gate[ctx.row_id] if gate is not None else None
         kl = listwise_kl(s, teacher_logits(dist, p["dist_norm"]), float(p["tau"]), cov, g)
         return {"listwise": float(p["lam"]) * kl}
-
-    def describe(self) -> dict[str, Any]:
-        return {"strategy": self.registry_name, **self.p}

@@ -18,23 +18,30 @@ each row's distances to [0, 1] first, which throws away how *peaked* the teacher
 """
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Literal, get_args
 
 import torch
+from pydantic import Field
 
 from dllm2rec.distill import weights
 from dllm2rec.distill.base import StepContext
-from dllm2rec.distill.strategies import DLLM2RecStrategy
-from dllm2rec.errors import ConfigError
+from dllm2rec.distill.strategies import DLLM2RecParams, DLLM2RecStrategy
 from dllm2rec.registry import register_strategy
 
-COMBINES = ("replace", "product")
-SCORE_DEFAULTS = {
-    "score_temperature": 1.0,   # T of softmax(−d/T) over the K candidates
-    "score_combine": "product",  # replace | product (module doc)
-    "row_mass": True,           # scale each row by its teacher top-K probability mass (relative to the mean)
-    "mass_max": 3.0,            # clip of that scale
-}
+Combine = Literal["replace", "product"]
+COMBINES = get_args(Combine)
+
+
+class ScoreParams(DLLM2RecParams):
+    score_temperature: float = Field(1.0, gt=0.0, allow_inf_nan=False, description="T of softmax(−d/T) over the K "
+                                     "candidates")
+    score_combine: Combine = Field("product", description="replace | product (module doc)")
+    row_mass: bool = Field(True, description="scale each row by its teacher top-K probability mass (relative to the "
+                           "mean)")
+    mass_max: float = Field(3.0, gt=0.0, allow_inf_nan=False, description="clip of that scale")
+
+
+SCORE_DEFAULTS = {k: v for k, v in ScoreParams().model_dump().items() if k not in DLLM2RecParams.model_fields}
 
 
 def score_confidence(dist: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -74,26 +81,21 @@ def score_importance(wp, s, wo, gamma_p: float, gamma_c: float, gamma_o: float, 
 
 @register_strategy("dllm2rec-score")
 class ScoreConfidenceStrategy(DLLM2RecStrategy):
-    overrides: ClassVar[dict[str, Any]] = dict(SCORE_DEFAULTS)
+    params_cls = ScoreParams
 
     def __init__(self, params=None, dataset=None, teacher=None):
         super().__init__(params, dataset, teacher)
-        p, name = self.p, self.registry_name
-        if p["score_combine"] not in COMBINES:
-            raise ConfigError(f"{name}: score_combine must be one of {', '.join(COMBINES)}, got "
-                              f"{p['score_combine']!r}")
-        if float(p["score_temperature"]) <= 0 or float(p["mass_max"]) <= 0:
-            raise ConfigError(f"{name}: score_temperature and mass_max must be > 0")
+        p = self.p
         if self.rows is not None and p["row_mass"]:
             self.rows.extra["mass"] = row_mass_scale(self.rows.dist, self.rows.covered, float(p["mass_max"]))
 
     def importance_weights(self, ctx: StepContext, cand, dist) -> torch.Tensor:
         p = self.p
         B, K = cand.shape
-        full = ctx.full_scores if p["use_consistency"] else None  # first use with grad on (cached for the step)
+        top = ctx.student_topk(K) if p["use_consistency"] else None  # before no_grad (dense: caches full_scores)
         with torch.no_grad():
             wp = weights.position_weights(K, p["beta"], device=cand.device) if p["use_position"] else None
-            wo = weights.consistency_weights(cand, weights.student_topk(full, K)) if p["use_consistency"] else None
+            wo = weights.consistency_weights(cand, top) if p["use_consistency"] else None
             if p["use_confidence"]:
                 s = score_confidence(dist, float(p["score_temperature"]))
                 w = score_importance(wp, s, wo, p["gamma_p"], p["gamma_c"], p["gamma_o"], p["score_combine"],

@@ -4,12 +4,12 @@
 name           what
 =============  =================================================================================================
 none           the plain student (no-KD)                                                    (distill/base.py)
-dllm2rec       importance-aware ranking distillation + collaborative embedding distillation  (DLLM2REC_DEFAULTS)
+dllm2rec       importance-aware ranking distillation + collaborative embedding distillation  (DLLM2RecParams)
 dllm2rec-paper the same with ``variant: paper`` (Eq. 5, positives only)
 rank-only      dllm2rec with ``use_embedding: false`` ("w/o all_e")
 embed-only     dllm2rec with ``use_ranking: false``   ("w/o L_d")
-rd             Ranking Distillation, Tang & Wang 2018                                      (baselines.RD_DEFAULTS)
-hint           FitNets-style embedding regression                                          (baselines.HINT_DEFAULTS)
+rd             Ranking Distillation, Tang & Wang 2018                                      (baselines.RDParams)
+hint           FitNets-style embedding regression                                          (baselines.HintParams)
 =============  =================================================================================================
 
 Ablations are params of ``dllm2rec`` (no code edits): ``use_position/use_confidence/use_consistency: false``
@@ -18,76 +18,67 @@ The random-teacher control is a *teacher*, not a strategy: ``distill.teacher: ra
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
+from pydantic import Field
 
 from dllm2rec.distill import ranking, weights
 from dllm2rec.distill.base import StepContext, Strategy
-from dllm2rec.distill.baselines import (
-    HintStrategy,
-    RDStrategy,
-    TeacherRows,
-    resolve_params,
-)
-from dllm2rec.distill.embedding import PROJECTORS, SIDES, attach_embedding_distillation
+from dllm2rec.distill.baselines import TeacherRows
+from dllm2rec.distill.embedding import EmbeddingParams, attach_embedding_distillation
 from dllm2rec.errors import ConfigError
 from dllm2rec.registry import register_strategy
 
+
 # The one place the DLLM2Rec defaults live (docs/distillation.md explains each choice).
-DLLM2REC_DEFAULTS: dict[str, Any] = {
-    # ranking distillation (L_d)
-    "use_ranking": True,
-    "variant": "official",          # official: the script's loss term by term | paper: Eq. 5
-    "lam": 0.7,                     # λ_d; official README command (code default 0.8; paper tunes 0.1..1.0)
-    "lam_schedule": "constant",     # beyond the paper: constant | warmup (λ·min(1, e/E)) | decay (λ·max(0, 1-(e-1)/E))
-    "lam_epochs": 10,               # E of the schedule (epochs)
-    "K": 10,                        # teacher candidates per row (candidate_topk)
-    "beta": 1.0,                    # position temperature β of exp(-r/β) (official: hard-coded 1)
-    "gamma_p": 0.3, "gamma_c": 0.5, "gamma_o": 0.1,
-    "use_position": True, "use_confidence": True, "use_consistency": True,
-    "confidence_source": "candidate",  # candidate: per-candidate distances (official) | target: d(gen, true item) (paper)
-    "confidence_norm": "minmax",    # raw (official exp(-d), underflows for LLM L2 distances) | softmax | minmax | zscore
-    "confidence_temperature": 1.0,
-    "row_normalise": True,          # official: final weights sum to 1 per row
-    "neg_term": False,              # paper variant only: add the correct −log(1−σ(ŷ_neg)) term
-    "dros_alpha": 0.0,              # official variant only: α of the DROS term inside L_d (official uses loss α, 0.5)
-    "dros_beta": 1.0, "dros_power": 0.05,
-    # collaborative embedding distillation
-    "use_embedding": True,
-    "ed_weight": 0.3,               # w in e = b + w·g(z); official README command (code default 0.2); 0 disables
-    "projector": "linear",          # linear (official: one affine layer) | mlp
-    "mlp_hidden": 256,
-    "ed_side": "input",             # input (paper/official) | output (extension) | both
-    "offset": True,                 # false: "w/o offset", e = g(z), ID embedding zeroed and frozen
-    "ed_precision": "auto",         # auto: bfloat16 table + autocast projector when D >= 1024, else float32
-}
+class DLLM2RecParams(EmbeddingParams):
+    """DLLM2Rec: importance-aware ranking distillation L_d (+ the collaborative embedding terms of EmbeddingParams)."""
+
+    use_ranking: bool = Field(True, description="the ranking distillation term L_d ('w/o L_d' when false)")
+    variant: Literal["official", "paper"] = Field("official", description="official: the script's loss term by "
+                                                  "term | paper: Eq. 5")
+    lam: float = Field(0.7, ge=0.0, allow_inf_nan=False, description="λ_d; official README command (code default "
+                       "0.8; paper tunes 0.1..1.0)")
+    lam_schedule: Literal["constant", "warmup", "decay"] = Field("constant", description="beyond the paper: "
+                                                                 "constant | warmup (λ·min(1, e/E)) | decay "
+                                                                 "(λ·max(0, 1-(e-1)/E))")
+    lam_epochs: int = Field(10, ge=1, description="E of the schedule (epochs)")
+    K: int = Field(10, ge=1, description="teacher candidates per row (candidate_topk; <= the artifacts' top_n)")
+    beta: float = Field(1.0, gt=0.0, allow_inf_nan=False, description="position temperature β of exp(-r/β) "
+                        "(official: hard-coded 1)")
+    gamma_p: float = Field(0.3, ge=0.0, allow_inf_nan=False, description="weight of the position weight")
+    gamma_c: float = Field(0.5, ge=0.0, allow_inf_nan=False, description="weight of the confidence weight")
+    gamma_o: float = Field(0.1, ge=0.0, allow_inf_nan=False, description="weight of the consistency weight")
+    use_position: bool = True
+    use_confidence: bool = True
+    use_consistency: bool = True
+    confidence_source: weights.ConfidenceSource = Field("candidate", description="candidate: per-candidate "
+                                                        "distances (official) | target: d(gen, true item) (paper)")
+    confidence_norm: weights.ConfidenceNorm = Field("minmax", description="raw (official exp(-d), underflows for "
+                                                    "LLM L2 distances) | softmax | minmax | zscore")
+    confidence_temperature: float = Field(1.0, gt=0.0, allow_inf_nan=False)
+    row_normalise: bool = Field(True, description="official: final weights sum to 1 per row")
+    neg_term: bool = Field(False, description="paper variant only: add the correct −log(1−σ(ŷ_neg)) term")
+    dros_alpha: float = Field(0.0, ge=0.0, allow_inf_nan=False, description="official variant only: α of the DROS "
+                              "term inside L_d (default: the student loss's loss.dros_alpha, as the official script)")
+    dros_beta: float = Field(1.0, allow_inf_nan=False)
+    dros_power: float = Field(0.05, allow_inf_nan=False)
 
 
+DLLM2REC_DEFAULTS: dict[str, Any] = DLLM2RecParams().model_dump()
+
+
+@register_strategy("dllm2rec")
 class DLLM2RecStrategy(Strategy):
     needs_teacher = True
-    overrides: dict[str, Any] = {}
+    params_cls = DLLM2RecParams
 
     def __init__(self, params=None, dataset=None, teacher=None):
-        super().__init__(params, dataset, teacher)
-        name = getattr(self, "registry_name", "dllm2rec")
-        p = resolve_params(name, {**DLLM2REC_DEFAULTS, **self.overrides}, self.params)
-        self.p = p
+        super().__init__(params, dataset, teacher)  # validates distill.params against params_cls -> self.p
+        name, p = self.registry_name, self.p
         if teacher is None:
             raise ConfigError(f"strategy '{name}' needs teacher artifacts (distill.teacher)")
-        if p["variant"] not in ("official", "paper"):
-            raise ConfigError(f"{name}: variant must be official | paper, got {p['variant']!r}")
-        if p["confidence_norm"] not in weights.CONFIDENCE_NORMS:
-            raise ConfigError(f"{name}: confidence_norm must be one of {', '.join(weights.CONFIDENCE_NORMS)}")
-        if p["confidence_source"] not in weights.CONFIDENCE_SOURCES:
-            raise ConfigError(f"{name}: confidence_source must be one of {', '.join(weights.CONFIDENCE_SOURCES)}")
-        if p["projector"] not in PROJECTORS:
-            raise ConfigError(f"{name}: projector must be one of {', '.join(PROJECTORS)}")
-        if p["ed_side"] not in SIDES:
-            raise ConfigError(f"{name}: ed_side must be one of {', '.join(SIDES)}")
-        if p["lam_schedule"] not in ("constant", "warmup", "decay") or int(p["lam_epochs"]) < 1:
-            raise ConfigError(f"{name}: lam_schedule must be constant | warmup | decay and lam_epochs >= 1, got "
-                              f"{p['lam_schedule']!r} / {p['lam_epochs']!r}")
         self.K = int(p["K"])
         self.rows = TeacherRows(teacher, self.K, dataset) if p["use_ranking"] else None
         self.ps = None
@@ -194,12 +185,6 @@ class DLLM2RecStrategy(Strategy):
             out["rd"] = p["lam"] * ranking.paper_ranking_loss(pos, w, cov, neg)
         return out
 
-    def describe(self) -> dict[str, Any]:
-        return {"strategy": self.registry_name, **self.p}
-
-
-register_strategy("dllm2rec")(DLLM2RecStrategy)
-
 
 @register_strategy("dllm2rec-paper")
 class DLLM2RecPaperStrategy(DLLM2RecStrategy):
@@ -214,7 +199,3 @@ class RankOnlyStrategy(DLLM2RecStrategy):
 @register_strategy("embed-only")
 class EmbedOnlyStrategy(DLLM2RecStrategy):
     overrides = {"use_ranking": False}
-
-
-register_strategy("rd")(RDStrategy)
-register_strategy("hint")(HintStrategy)

@@ -17,11 +17,15 @@ Nothing here knows about models or teachers; every function is checked by hand i
 """
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import torch
 
 EPS = 1e-8  # the official code's additive epsilon
-CONFIDENCE_NORMS = ("raw", "softmax", "minmax", "zscore")
-CONFIDENCE_SOURCES = ("candidate", "target")
+ConfidenceNorm = Literal["raw", "softmax", "minmax", "zscore"]
+ConfidenceSource = Literal["candidate", "target"]
+CONFIDENCE_NORMS = get_args(ConfidenceNorm)
+CONFIDENCE_SOURCES = get_args(ConfidenceSource)
 
 
 def position_weights(K: int, beta: float = 1.0, dtype=torch.float32, device=None) -> torch.Tensor:
