@@ -26,6 +26,7 @@ from typing import Any, Callable
 
 from dllm2rec.config import load_config
 from dllm2rec.data.registry import load_or_prepare
+from dllm2rec.distill.strategies import ABLATION_SWITCHES
 from dllm2rec.errors import ConfigError, Dllm2recError
 from dllm2rec.training.trainer import Trainer
 from dllm2rec.utils.io import atomic_write_text, read_json, try_read_json
@@ -42,22 +43,13 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "dllm2rec": ("dllm2rec", {"distill.strategy": "dllm2rec", "distill.teacher": TEACHER}),
     "dllm2rec-paper": ("dllm2rec-paper", {"distill.strategy": "dllm2rec", "distill.teacher": TEACHER,
                                           "distill.params.variant": "paper"}),
-    "dllm2rec-wo-position": ("dllm2rec-wo-position", {"distill.strategy": "dllm2rec", "distill.teacher": TEACHER,
-                                                      "distill.params.use_position": False}),
-    "dllm2rec-wo-confidence": ("dllm2rec-wo-confidence", {"distill.strategy": "dllm2rec",
-                                                          "distill.teacher": TEACHER,
-                                                          "distill.params.use_confidence": False}),
-    "dllm2rec-wo-consistency": ("dllm2rec-wo-consistency", {"distill.strategy": "dllm2rec",
-                                                            "distill.teacher": TEACHER,
-                                                            "distill.params.use_consistency": False}),
-    "dllm2rec-wo-ranking": ("dllm2rec-wo-ranking", {"distill.strategy": "dllm2rec", "distill.teacher": TEACHER,
-                                                    "distill.params.use_ranking": False}),
-    "dllm2rec-wo-embedding": ("dllm2rec-wo-embedding", {"distill.strategy": "dllm2rec",
-                                                        "distill.teacher": TEACHER,
-                                                        "distill.params.use_embedding": False}),
-    "dllm2rec-wo-offset": ("dllm2rec-wo-offset", {"distill.strategy": "dllm2rec", "distill.teacher": TEACHER,
-                                                  "distill.params.offset": False}),
 }
+# the ablations: one method per switch of the strategy's own ablation table (distill.strategies.ABLATION_SWITCHES)
+METHODS.update({
+    f"dllm2rec-{suffix}": (f"dllm2rec-{suffix}", {"distill.strategy": "dllm2rec", "distill.teacher": TEACHER,
+                                                  f"distill.params.{flag}": False})
+    for flag, suffix in ABLATION_SWITCHES.items()
+})
 ABLATIONS = [m for m in METHODS if m.startswith("dllm2rec-wo-")]
 
 

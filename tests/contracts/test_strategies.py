@@ -197,3 +197,19 @@ def test_typed_params_for_every_strategy(name, ds, teacher):
     if bounded is not None:
         with pytest.raises(ConfigError, match=rf"strategy '{name}': {bounded}: Input should be greater"):
             cls({bounded: -1.0}, ds, teacher)
+
+
+def test_one_ablation_table():
+    """The grid runner's ablation methods and the report's labels come from the strategy's own table, and every
+    switch in it is a boolean parameter of DLLM2Rec whose default is on."""
+    from dllm2rec.distill.strategies import ABLATION_SWITCHES, DLLM2RecParams
+    from dllm2rec.evaluation.runs import derive_label
+    from dllm2rec.experiments import ABLATIONS, METHODS
+
+    fields = DLLM2RecParams.model_fields
+    assert all(fields[f].annotation is bool and fields[f].default is True for f in ABLATION_SWITCHES)
+    assert ABLATIONS == [f"dllm2rec-{s}" for s in ABLATION_SWITCHES.values()]
+    for flag, suffix in ABLATION_SWITCHES.items():
+        assert METHODS[f"dllm2rec-{suffix}"][1][f"distill.params.{flag}"] is False
+        res = {"strategy": {"strategy": "dllm2rec", flag: False}, "config": {"distill": {"teacher": "t"}}}
+        assert derive_label(res) == f"dllm2rec-{suffix}"

@@ -16,6 +16,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from dllm2rec.errors import ConfigError
+from dllm2rec.losses import dros_lse
 from dllm2rec.registry import register_strategy
 
 
@@ -85,7 +86,6 @@ class StepContext:
         """(DROS sum with the target swapped, plain sum) per row over ``full_scores`` (``losses.dros_lse``),
         computed once per step for equal (ps, β): the student's DROS loss and the official distillation's
         per-candidate DROS terms share one pass over [B, N]."""
-        from dllm2rec.losses import dros_lse
 
         for cps, cbeta, out in self._dros:
             if cbeta == beta and (cps is ps or (cps.shape == ps.shape and torch.equal(cps, ps))):

@@ -28,6 +28,7 @@ from dllm2rec.distill.base import StepContext, Strategy
 from dllm2rec.distill.baselines import TeacherRows
 from dllm2rec.distill.embedding import EmbeddingParams, attach_embedding_distillation
 from dllm2rec.errors import ConfigError
+from dllm2rec.losses import dros_propensity
 from dllm2rec.registry import register_strategy
 
 
@@ -68,6 +69,17 @@ class DLLM2RecParams(EmbeddingParams):
 
 DLLM2REC_DEFAULTS: dict[str, Any] = DLLM2RecParams().model_dump()
 
+#: The ONE ablation table: each switch of DLLM2RecParams that the paper ablates -> the label suffix of the run with
+#: it off. The experiment runner's dllm2rec-wo-* methods and the report's labels are both derived from it.
+ABLATION_SWITCHES: dict[str, str] = {
+    "use_position": "wo-position",
+    "use_confidence": "wo-confidence",
+    "use_consistency": "wo-consistency",
+    "use_ranking": "wo-ranking",
+    "use_embedding": "wo-embedding",
+    "offset": "wo-offset",
+}
+
 
 @register_strategy("dllm2rec")
 class DLLM2RecStrategy(Strategy):
@@ -96,8 +108,6 @@ class DLLM2RecStrategy(Strategy):
         p = self.p
         self.ps = None
         if p["use_ranking"] and p["variant"] == "official" and p["dros_alpha"]:
-            from dllm2rec.losses import dros_propensity
-
             if self.dataset is None:  # the caller sets self.ps (propensities) itself
                 return
             self.ps = dros_propensity(torch.from_numpy(self.dataset.item_counts("train")), p["dros_power"])

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from dllm2rec.distill.strategies import ABLATION_SWITCHES
 from dllm2rec.errors import Dllm2recError
 from dllm2rec.evaluation.stats import Stat
 from dllm2rec.utils.io import read_json, try_read_json
@@ -23,15 +24,6 @@ CONTROL_LABEL = "random-teacher control"
 # display order of known method labels; anything else follows alphabetically
 METHOD_ORDER = ["none", CONTROL_LABEL, "rd", "hint", "dllm2rec"]
 
-# ablation switches of the dllm2rec strategy: param -> label suffix when the switch is off
-_ABLATION_FLAGS = {
-    "use_position": "wo-position",
-    "use_confidence": "wo-confidence",
-    "use_consistency": "wo-consistency",
-    "use_ranking": "wo-ranking",
-    "use_embedding": "wo-embedding",
-    "offset": "wo-offset",
-}
 
 
 
@@ -113,7 +105,7 @@ def derive_label(results: dict[str, Any], label_from: str | None = None) -> str:
         label = CONTROL_LABEL if name == "dllm2rec" else f"{name} (random teacher)"
     else:
         label = name
-        offs = [suffix for flag, suffix in _ABLATION_FLAGS.items() if params.get(flag) is False]
+        offs = [suffix for flag, suffix in ABLATION_SWITCHES.items() if params.get(flag) is False]
         if offs:
             label += "-" + "-".join(offs)
         if tk == "synthetic":

@@ -39,10 +39,16 @@ from pydantic import (
     field_validator,
 )
 
+from dllm2rec import __version__
 from dllm2rec.data.registry import load_or_prepare
+from dllm2rec.data.schema import SeqDataset
 from dllm2rec.errors import ArtifactError, DataError, Dllm2recError
 from dllm2rec.serving.ann import chosen_index
-from dllm2rec.students.base import SequentialStudent
+from dllm2rec.serving.onnx_export import export_onnx, onnx_parity
+from dllm2rec.students.base import SequentialStudent, build_student
+from dllm2rec.students.checkpoint import load_student
+from dllm2rec.utils.io import atomic_dir
+from dllm2rec.utils.untrusted import check_onnx
 
 BUNDLE_FORMAT = "dllm2rec-bundle"
 BUNDLE_VERSION = 1
@@ -127,8 +133,6 @@ def _jsonable(x: Any) -> Any:
 
 # --------------------------------------------------------------------------------------------- export
 def _resolve_dataset(dataset: Any, meta: dict[str, Any], ckpt: Path):
-    from dllm2rec.data.schema import SeqDataset
-
     if isinstance(dataset, SeqDataset):
         return dataset
     if dataset is None:
@@ -150,9 +154,6 @@ def export_bundle(source: str | Path, dataset: str | Path | Any, out: str | Path
     ``index``: ``"auto"`` records the default for the catalogue size (serving/ann.py ``choose_index``), or a kind.
     """
     from safetensors.torch import save_file
-
-    from dllm2rec.students.checkpoint import load_student
-    from dllm2rec.utils.io import atomic_dir
 
     ckpt, run_dir = resolve_checkpoint(source, which)
     try:
@@ -180,8 +181,6 @@ def export_bundle(source: str | Path, dataset: str | Path | Any, out: str | Path
             results = json.loads((run_dir / "results.json").read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError):
             results = None
-
-    from dllm2rec import __version__
 
     kwargs = model.init_kwargs()
     manifest: dict[str, Any] = {
@@ -222,8 +221,6 @@ def export_bundle(source: str | Path, dataset: str | Path | Any, out: str | Path
             (tmp / RAW_IDS).write_text(json.dumps(raw_ids, ensure_ascii=False), encoding="utf-8")
             manifest["raw_ids"] = {"file": RAW_IDS, "count": len(raw_ids)}
         if onnx:
-            from dllm2rec.serving.onnx_export import export_onnx, onnx_parity
-
             export_onnx(model, tmp / ONNX_FILE, opset=opset)
             diff = onnx_parity(model, tmp / ONNX_FILE)
             manifest["onnx"] = {"file": ONNX_FILE, "opset": opset, "inputs": ["seq", "lens"], "outputs": ["scores"],
@@ -401,7 +398,6 @@ def read_member(bundle: str | Path, manifest: dict[str, Any], name: str, verify:
 def read_onnx(bundle: str | Path, manifest: dict[str, Any], verify: bool = True) -> bytes | None:
     """The bundle's verified ONNX model (checked by the untrusted-file gate), or None when it has none. A
     ``model.onnx`` on disk that the manifest does not list is refused, never loaded."""
-    from dllm2rec.utils.untrusted import check_onnx
 
     bundle = Path(bundle)
     name = optional_member(bundle, manifest, "onnx", ONNX_FILE, "an unverified model (re-export the bundle with --onnx)")
@@ -431,8 +427,6 @@ def _json_bytes(data: bytes, path: Path) -> Any:
 
 def _build_student(info: Any, weights: bytes, bundle: Path) -> SequentialStudent:
     from safetensors.torch import load as load_safetensors
-
-    from dllm2rec.students.base import build_student
 
     jpath, wpath = bundle / STUDENT_JSON, bundle / WEIGHTS
     kw = info.get("student") if isinstance(info, dict) else None

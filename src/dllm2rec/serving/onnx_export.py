@@ -17,6 +17,7 @@ from torch import nn
 
 from dllm2rec.errors import MissingDependencyError
 from dllm2rec.students.base import SequentialStudent
+from dllm2rec.utils.untrusted import check_onnx
 
 
 class EncoderScorer(nn.Module):
@@ -77,7 +78,6 @@ class OnnxScorer:
         if threads:
             so.intra_op_num_threads = int(threads)
         so.inter_op_num_threads = 1
-        from dllm2rec.utils.untrusted import check_onnx
 
         if isinstance(model_bytes_or_path, bytes):
             src, label = model_bytes_or_path, "model.onnx"

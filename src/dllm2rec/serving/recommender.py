@@ -29,7 +29,10 @@ import numpy as np
 import torch
 
 from dllm2rec.serving.ann import INDEX_KINDS, ExactIndex, build_index, check_params, topk_excluding
+from dllm2rec.serving.bundle import fold_hooks, load_bundle, read_onnx
 from dllm2rec.serving.lookup import ID_TYPES, TITLE_MATCHES, ItemLookup, RequestError, _short, check_mode
+from dllm2rec.serving.onnx_export import EncoderScorer, OnnxScorer, example_inputs, onnx_bytes
+from dllm2rec.serving.raw_ids import read_raw_ids
 from dllm2rec.students.base import SequentialStudent
 
 __all__ = ["BACKENDS", "ID_TYPES", "INDEX_CHOICES", "TITLE_MATCHES", "Recommendation", "Recommender", "RequestError"]
@@ -58,8 +61,6 @@ class Recommender:
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
         if model.input_offset is not None or model.output_offset is not None:
-            from dllm2rec.serving.bundle import fold_hooks
-
             fold_hooks(model)
         if threads:
             torch.set_num_threads(int(threads))
@@ -97,12 +98,9 @@ class Recommender:
         if backend == "torchscript":
             self._scripted = _torchscript(model)
         elif backend == "compile":  # torch.compile (inductor; needs a C++ compiler, compiles on first calls)
-            from dllm2rec.serving.onnx_export import EncoderScorer
 
             self._scripted = torch.compile(EncoderScorer(model).eval(), dynamic=True)
         elif backend == "onnx":
-            from dllm2rec.serving.onnx_export import OnnxScorer, onnx_bytes
-
             src = onnx_model if onnx_model is not None else onnx_bytes(model)
             self._onnx = OnnxScorer(src, self.n_items, max_batch=1, threads=threads)  # output buffer grows
         self.index = None  # None: the exact torch path below (no over-fetch needed)
@@ -139,9 +137,6 @@ class Recommender:
     # ------------------------------------------------------------------------------------------- loading
     @classmethod
     def load(cls, bundle: str | Path, backend: str = "torch", verify: bool = True, **kwargs: Any) -> "Recommender":
-        from dllm2rec.serving.bundle import load_bundle, read_onnx
-        from dllm2rec.serving.raw_ids import read_raw_ids
-
         model, titles, manifest = load_bundle(bundle, verify=verify)
         if "raw_ids" not in kwargs:  # raw_ids.json when the manifest lists it (hash-checked), else None
             kwargs["raw_ids"] = read_raw_ids(bundle, manifest, model.n_items, verify=verify)
@@ -303,8 +298,6 @@ class Recommender:
 def _torchscript(model: SequentialStudent):
     """Traced + frozen encoder+scorer; checked against eager at batch 1 and 3."""
     import warnings
-
-    from dllm2rec.serving.onnx_export import EncoderScorer, example_inputs
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 
 from dllm2rec.errors import ConfigError
+from dllm2rec.registry import get_student
 
 
 class _SparseRows(torch.autograd.Function):
@@ -191,7 +192,6 @@ class SequentialStudent(nn.Module, ABC):
 
 def validate_student_params(name: str, kwargs: dict[str, Any]) -> StudentParams:
     """The student's typed parameters from ``kwargs``, or a one-line ConfigError naming the field."""
-    from dllm2rec.registry import get_student
 
     cls = get_student(name)
     try:
@@ -207,7 +207,5 @@ def validate_student_params(name: str, kwargs: dict[str, Any]) -> StudentParams:
 
 
 def build_student(name: str, n_items: int, **kwargs: Any) -> SequentialStudent:
-    from dllm2rec.registry import get_student
-
     params = validate_student_params(name, kwargs)
     return get_student(name)(n_items=n_items, **params.model_dump())

@@ -44,10 +44,15 @@ import numpy as np
 from pydantic import Field
 
 from dllm2rec.errors import ConfigError
+from dllm2rec.evaluation.metrics import metrics_from_ranks
+from dllm2rec.evaluation.protocol import protocol_name
 from dllm2rec.registry import register_teacher
+from dllm2rec.teachers.artifacts import TeacherArtifacts
 from dllm2rec.teachers.base import Teacher, TeacherConfig, dataset_identity, train_positions
+from dllm2rec.teachers.bigrec.generate import select_rows
+from dllm2rec.teachers.encoders import encode_titles, encoder_info
 from dllm2rec.teachers.llmemb_fit import has_checkpoint, train_model
-from dllm2rec.teachers.llmemb_model import (  # noqa: F401  (re-exported: tests and benchmarks import them here)
+from dllm2rec.teachers.llmemb_model import (
     ITEM_LOSSES,
     LLMEmbConfig,
     LLMEmbSeqModel,
@@ -57,6 +62,7 @@ from dllm2rec.teachers.llmemb_model import (  # noqa: F401  (re-exported: tests 
     popularity_offset,
     score_rows,
 )
+from dllm2rec.utils.io import atomic_dir, read_json
 
 TEACHER_NAME = "llm-emb"
 TEACHER_KIND = "llm-emb-seq"
@@ -99,7 +105,6 @@ def select_train_rows(n_rows: int, budget: int | None = None, rows_fraction: flo
                       select: str = "first", seed: int = 0) -> np.ndarray:
     """Positions of the training rows to score: all, ``budget`` N, or ``rows_fraction`` (ceil) of them — the first
     ones or a seeded random sorted subset, as ``teacher generate --budget`` selects BIGRec's rows."""
-    from dllm2rec.teachers.bigrec.generate import select_rows
 
     if budget is not None and rows_fraction is not None:
         raise ConfigError("pass --budget or --rows-fraction, not both")
@@ -176,8 +181,6 @@ class LLMEmbTeacher(Teacher):
         after each epoch's checkpoint."""
         import torch
 
-        from dllm2rec.teachers.encoders import encode_titles
-
         cfg = self.cfg
         self.log = log or self.log
         if ckpt_dir is not None and not resume and has_checkpoint(ckpt_dir):
@@ -240,13 +243,11 @@ class LLMEmbTeacher(Teacher):
     @property
     def protocol(self) -> str:
         """``full-excl`` when the teacher ranks with the history masked, else ``full`` (the metric-key prefix)."""
-        from dllm2rec.evaluation.protocol import protocol_name
 
         return protocol_name(self.mask)
 
     def evaluate(self, dataset, split: str = "test", ks=(1, 5, 10, 20)) -> dict:
         """Full-ranking metrics keyed by protocol (``full-excl/HR@20`` when history is masked)."""
-        from dllm2rec.evaluation.metrics import metrics_from_ranks
 
         self._need_model()
         ranks = _eval_ranks(self.model, dataset[split], self.mask, self.cfg.eval_batch)
@@ -266,8 +267,6 @@ class LLMEmbTeacher(Teacher):
 
         from safetensors.torch import save_file
 
-        from dllm2rec.utils.io import atomic_dir
-
         self._need_model()
         meta = {"teacher": TEACHER_NAME, "kind": TEACHER_KIND, "config": asdict(self.cfg), "mask": bool(self.mask),
                 "n_items": self.model.n_items, "max_len": self.model.max_len, "title_dim": int(self.title_emb.shape[1]),
@@ -281,12 +280,9 @@ class LLMEmbTeacher(Teacher):
 
     @classmethod
     def load_model(cls, path, dataset=None) -> "LLMEmbTeacher":
-        import json
         from pathlib import Path
 
         from safetensors.torch import load_file
-
-        from dllm2rec.utils.io import read_json
 
         path = Path(path)
         meta = read_json(path / "teacher.json", ConfigError)
@@ -304,8 +300,6 @@ class LLMEmbTeacher(Teacher):
         t.model.eval()
         t.mask, t.info = bool(meta["mask"]), meta.get("info", {})
         if dataset is not None:
-            from dllm2rec.teachers.encoders import encode_titles
-
             t.title_emb = encode_titles(dataset.titles, c.encoder, log=t.log)
             t.set_pop_tau(c.pop_tau, dataset)
         return t
@@ -332,9 +326,6 @@ class LLMEmbTeacher(Teacher):
     def artifacts(self, dataset, rows: np.ndarray | None = None, **extra_manifest):
         """Validated ``TeacherArtifacts``: every training row, or only positions ``rows`` (the others uncovered);
         cross-fitted when ``cv_folds >= 2``."""
-        from dllm2rec.evaluation.metrics import metrics_from_ranks
-        from dllm2rec.teachers.artifacts import TeacherArtifacts
-        from dllm2rec.teachers.encoders import encoder_info
 
         self._need_model()
         cfg, train = self.cfg, dataset["train"]

@@ -31,13 +31,20 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from dllm2rec.errors import ConfigError, Dllm2recError
+from dllm2rec.evaluation.metrics import metrics_from_ranks
+from dllm2rec.evaluation.protocol import protocol_name, rank_targets, top_k
 from dllm2rec.registry import register_teacher
 from dllm2rec.teachers.artifacts import TeacherArtifacts
 from dllm2rec.teachers.base import Teacher, TeacherConfig, train_positions
 from dllm2rec.teachers.bigrec import generate as shards
+from dllm2rec.teachers.bigrec.finetune import sample_positions
+from dllm2rec.teachers.bigrec.ground import grounding_encoder
 from dllm2rec.teachers.bigrec.prompts import dataset_domain
+from dllm2rec.teachers.encoders import encode_random
+from dllm2rec.teachers.models import load_causal_lm, load_tokenizer, require_teacher_extra, resolve_model
+from dllm2rec.teachers.reranker_fit import lora_model, train_reranker
 from dllm2rec.teachers.reranker_prompts import DEFAULT_LABELS, label_logits, label_token_ids, row_rerank_prompts
-from dllm2rec.utils.io import read_json
+from dllm2rec.utils.io import atomic_dir, read_json
 from dllm2rec.utils.progress import progress
 
 TEACHER_NAME = "llm-rerank"
@@ -95,8 +102,6 @@ class ModelRetriever:
         """[B, m] top-m item ids of rows ``rows`` of ``split`` (best first, ties by lower id)."""
         import torch
 
-        from dllm2rec.evaluation.protocol import top_k
-
         rows = np.asarray(rows, dtype=np.int64)
         out = []
         for s in range(0, len(rows), self.batch):
@@ -108,7 +113,6 @@ class ModelRetriever:
 
     def target_ranks(self, split, rows) -> np.ndarray:
         """0-based rank of each row's target among all items (pessimistic ties)."""
-        from dllm2rec.evaluation.protocol import rank_targets
 
         return rank_targets(self.model, split, self.batch, self.exclude_history,
                             rows=np.asarray(rows, dtype=np.int64)).numpy().astype(np.float64)
@@ -156,8 +160,6 @@ class RerankerTeacher(Teacher):
         return self.config.labels[:self.config.top_n]
 
     def _ref(self):
-        from dllm2rec.teachers.models import resolve_model
-
         return resolve_model(self.config.model)
 
     def _need(self, what: str) -> None:
@@ -178,9 +180,6 @@ class RerankerTeacher(Teacher):
     def fit(self, dataset, out: str | Path | None = None, resume: bool = False, stop_after: int | None = None,
             log: Callable[[str], None] | None = None, **kwargs) -> "RerankerTeacher":
         """LoRA-train the verbalizer on ``budget_rows`` training rows whose target is in the retriever's top M."""
-        from dllm2rec.teachers.bigrec.finetune import sample_positions
-        from dllm2rec.teachers.models import load_tokenizer, require_teacher_extra
-        from dllm2rec.teachers.reranker_fit import lora_model, train_reranker
 
         require_teacher_extra()
         if self.retriever is None:
@@ -251,8 +250,6 @@ class RerankerTeacher(Teacher):
     def compare(self, dataset, split: str = "test", ks=(1, 5, 10, 20), rows=None) -> dict:
         """HR/NDCG@K of the reranker and of its retriever alone on the same rows (``rows``: positions, default
         all), with the per-row ranks; items outside the top M stay in retriever order below the reranked ones."""
-        from dllm2rec.evaluation.metrics import metrics_from_ranks
-        from dllm2rec.evaluation.protocol import protocol_name
 
         s = dataset[split]
         rows = np.arange(len(s)) if rows is None else np.asarray(rows, dtype=np.int64)
@@ -330,10 +327,7 @@ class RerankerTeacher(Teacher):
         """(item_emb [N, D], pooling) for the artifacts."""
         kind = self.config.item_emb
         if kind == "random":
-            from dllm2rec.teachers.encoders import encode_random
-
             return encode_random(dataset.titles), "none"
-        from dllm2rec.teachers.bigrec.ground import grounding_encoder
 
         enc, _, emb = grounding_encoder(dataset, self.config.model, kind)
         return emb, enc.pooling
@@ -396,8 +390,6 @@ class RerankerTeacher(Teacher):
         """The adapter + reranker.json (what ``fit(out=...)`` already writes under ``out/adapter``)."""
         import json
 
-        from dllm2rec.utils.io import atomic_dir
-
         self._need("saving")
         with atomic_dir(path) as tmp:
             self.llm.save_pretrained(str(tmp))
@@ -409,7 +401,6 @@ class RerankerTeacher(Teacher):
     def load(cls, path, dataset=None, retriever=None, config: dict | None = None) -> "RerankerTeacher":
         """A fitted reranker from an adapter dir (``fit(out=OUT)`` writes ``OUT/adapter``); ``config`` overrides
         fields that do not change the model (``eval_batch``, ``retriever``, ``device``)."""
-        from dllm2rec.teachers.models import load_causal_lm, load_tokenizer
 
         path = Path(path)
         info = read_json(path / "reranker.json", ConfigError, "missing (not a reranker adapter; run "

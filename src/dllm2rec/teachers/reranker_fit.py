@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from dllm2rec.errors import Dllm2recError
+from dllm2rec.teachers.models import load_causal_lm
 from dllm2rec.teachers.reranker_prompts import label_logits
 from dllm2rec.utils import untrusted
 from dllm2rec.utils.io import atomic_dir
@@ -36,8 +37,6 @@ def lora_model(ref, cfg):
     layers only, so backward stops there (the frozen layers below build no graph): on CPU a 30-layer 135M model
     with N = 8 trains at about half the cost per row of LoRA everywhere."""
     from peft import LoraConfig, get_peft_model
-
-    from dllm2rec.teachers.models import load_causal_lm
 
     model = load_causal_lm(ref, cfg.dtype, device=cfg.device)
     n_layers = int(getattr(model.config, "num_hidden_layers", 0) or 0)

@@ -38,6 +38,8 @@ from dllm2rec.registry import get_strategy
 from dllm2rec.students import checkpoint as ckpt
 from dllm2rec.students.base import SequentialStudent, build_student
 from dllm2rec.students.checkpoint import load_student, save_student
+from dllm2rec.teachers import controls
+from dllm2rec.teachers.artifacts import TeacherArtifacts
 from dllm2rec.training import distributed as dist_
 from dllm2rec.training import optim
 from dllm2rec.utils.io import atomic_write_text, disk_errors, fsync_dir
@@ -56,10 +58,7 @@ def load_teacher(cfg: RunConfig, dataset: SeqDataset):
     if spec is None:
         return None
     if spec in ("random", "synthetic") or spec.startswith(("random:", "synthetic:")):
-        from dllm2rec.teachers import controls
-
         return controls.make_control(spec, dataset, seed=cfg.train.seed)
-    from dllm2rec.teachers.artifacts import TeacherArtifacts
 
     if dist_.is_distributed():  # N processes share one memory-mapped copy of the teacher matrix
         return dist_.load_teacher_shared(spec, dataset)

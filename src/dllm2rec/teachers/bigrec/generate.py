@@ -31,7 +31,9 @@ from typing import Protocol
 
 import numpy as np
 
-from dllm2rec.errors import ConfigError, Dllm2recError
+from dllm2rec.errors import ConfigError, Dllm2recError, MissingDependencyError
+from dllm2rec.teachers.bigrec.beam import beam_search, build_title_trie
+from dllm2rec.teachers.bigrec.prompts import row_prompts
 from dllm2rec.utils.io import atomic_write_text
 from dllm2rec.utils.progress import progress
 
@@ -99,14 +101,10 @@ class HFBackend:
     """transformers model + our beam search (beam.py): batched, left-padded, prompt KV reuse, optional trie."""
 
     def __init__(self, model, tokenizer, cfg: GenConfig, titles: list[str] | None = None):
-        from dllm2rec.teachers.bigrec.beam import build_title_trie
-
         self.model, self.tok, self.cfg = model, tokenizer, cfg
         self.trie = build_title_trie(tokenizer, titles) if cfg.constrained else None
 
     def generate(self, prompts: list[str]) -> list[RowBeams]:
-        from dllm2rec.teachers.bigrec.beam import beam_search
-
         enc = self.tok(prompts, return_tensors="pt", padding=True)
         res = beam_search(self.model, enc["input_ids"], enc["attention_mask"], self.cfg.num_beams,
                           self.cfg.max_new_tokens, int(self.tok.eos_token_id), int(self.tok.pad_token_id),
@@ -134,8 +132,6 @@ class VLLMBackend:
             from vllm import LLM
             from vllm.sampling_params import BeamSearchParams
         except ImportError:
-            from dllm2rec.errors import MissingDependencyError
-
             raise MissingDependencyError("the vllm backend needs vLLM and a GPU: pip install -e .[vllm]") from None
         if adapter:  # vLLM serves merged weights most simply; merge the LoRA adapter first
             raise ConfigError("vllm backend: merge the adapter into the base model first "
@@ -286,7 +282,6 @@ def prepare_plan(dataset, split: str, out: str | Path, cfg: GenConfig, model_id:
 def generate_shard(dataset, plan: Plan, i: int, backend: Backend, cfg: GenConfig, on_batch=None) -> dict:
     """The record of shard ``i`` (what ``shard-NNNNN.json`` holds). The one generation code of every engine: the
     local lock-file workers and the Ray tasks (ray_engine.py) both call it. ``on_batch(rows)`` after each batch."""
-    from dllm2rec.teachers.bigrec.prompts import row_prompts
 
     pos = plan.shard_positions(i)
     prompts = row_prompts(dataset, plan.split, pos, cfg.domain, cfg.max_history)

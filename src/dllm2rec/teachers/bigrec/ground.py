@@ -28,6 +28,12 @@ import numpy as np
 import torch
 
 from dllm2rec.errors import Dllm2recError, MissingDependencyError
+from dllm2rec.evaluation.metrics import target_ranks
+from dllm2rec.teachers.artifacts import TeacherArtifacts
+from dllm2rec.teachers.bigrec.generate import read_shards
+from dllm2rec.teachers.bigrec.prompts import clean_title
+from dllm2rec.teachers.models import cache_root, load_causal_lm, load_tokenizer, resolve_model, set_offline
+from dllm2rec.utils.io import atomic_path
 from dllm2rec.utils.progress import progress
 
 ENCODERS = ("llm", "minilm")
@@ -91,8 +97,6 @@ class MiniLMEncoder(TextEncoder):
     def __init__(self):
         from transformers import AutoModel, AutoTokenizer
 
-        from dllm2rec.teachers.models import set_offline
-
         set_offline()
         d = minilm_dir()
         self.tok = AutoTokenizer.from_pretrained(str(d), local_files_only=True)
@@ -120,9 +124,6 @@ def make_encoder(kind: str, model=None, tokenizer=None, model_id: str = "?") -> 
 def item_embeddings(encoder: TextEncoder, titles: list[str], cache_key: str | None = None,
                     batch_size: int = 32) -> np.ndarray:
     """Embeddings of every title (quotes stripped), cached under $DLLM2REC_CACHE/item-emb when a key is given."""
-    from dllm2rec.teachers.bigrec.prompts import clean_title
-    from dllm2rec.teachers.models import cache_root
-    from dllm2rec.utils.io import atomic_path
 
     path = None
     if cache_key:
@@ -154,7 +155,6 @@ def ground_rows(texts: list[list[str]], logprobs: list[list[float]], items: list
                 targets: np.ndarray, item_emb: np.ndarray, encoder: TextEncoder, titles: list[str], top_n: int,
                 match_titles: bool, chunk: int = 256) -> tuple[np.ndarray, ...]:
     """Core grounding for one batch of rows; returns topk_ids, topk_dist, target_dist, target_rank, exact_match."""
-    from dllm2rec.evaluation.metrics import target_ranks
 
     index: dict[str, list[int]] = {}
     for i, t in enumerate(titles):
@@ -198,7 +198,6 @@ def ground_rows(texts: list[list[str]], logprobs: list[list[float]], items: list
 def ground_generation(gen_dir: str | Path, dataset, encoder: TextEncoder, item_emb: np.ndarray, top_n: int = 20,
                       match_titles: bool | None = None) -> Grounded:
     """Ground every finished shard of a generation directory."""
-    from dllm2rec.teachers.bigrec.generate import read_shards
 
     plan, shards = read_shards(gen_dir)
     if plan.dataset_fingerprint != dataset.fingerprint():
@@ -223,7 +222,6 @@ def ground_generation(gen_dir: str | Path, dataset, encoder: TextEncoder, item_e
 
 def grounding_encoder(dataset, model: str, encoder: str, batch_size: int = 32):
     """(encoder, model ref or None, cached item embeddings): the base model without LoRA for 'llm'."""
-    from dllm2rec.teachers.models import load_causal_lm, load_tokenizer, resolve_model
 
     ref = None
     if encoder == "llm":
@@ -256,7 +254,6 @@ def grounding_manifest(plan, encoder: TextEncoder, g: Grounded, commands: list[s
 
 def build_artifacts(dataset, grounded: Grounded, item_emb: np.ndarray, manifest: dict, emb_dtype: str = "float32"):
     """TeacherArtifacts over the whole train split: generated rows covered, the rest covered=False."""
-    from dllm2rec.teachers.artifacts import TeacherArtifacts
 
     R = len(dataset["train"])
     n = grounded.topk_ids.shape[1] if grounded.topk_ids.ndim == 2 and grounded.topk_ids.shape[1] else 20

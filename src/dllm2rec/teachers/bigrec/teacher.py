@@ -24,6 +24,15 @@ from pydantic import Field
 from dllm2rec.errors import ConfigError
 from dllm2rec.registry import register_teacher
 from dllm2rec.teachers.base import Teacher, TeacherConfig, train_positions
+from dllm2rec.teachers.bigrec.evaluate import evaluate_generation
+from dllm2rec.teachers.bigrec.generate import load_plan
+from dllm2rec.teachers.bigrec.ground import (
+    build_artifacts,
+    ground_generation,
+    grounding_encoder,
+    grounding_manifest,
+    select_grounded,
+)
 
 
 class BIGRecConfig(TeacherConfig):
@@ -57,8 +66,6 @@ class BIGRecTeacher(Teacher):
 
     def _grounding(self, dataset):
         if self.encoder is None:
-            from dllm2rec.teachers.bigrec.ground import grounding_encoder
-
             c = self.config
             self.encoder, _, self.item_emb = grounding_encoder(dataset, c.model, c.encoder, c.batch_size)
         if self.item_emb.shape[0] != dataset.n_items:
@@ -68,8 +75,6 @@ class BIGRecTeacher(Teacher):
 
     def fit(self, dataset, gen_dir: str | Path | None = None, **kwargs) -> "BIGRecTeacher":
         """Ground the finished shards of a TRAIN generation dir (stages 1-2 wrote it)."""
-        from dllm2rec.teachers.bigrec.generate import load_plan
-        from dllm2rec.teachers.bigrec.ground import ground_generation
 
         if gen_dir is None:
             raise ConfigError("bigrec teacher: fit needs gen_dir, a generation of the train split "
@@ -88,7 +93,6 @@ class BIGRecTeacher(Teacher):
     def artifacts(self, dataset, rows=None, command: str | None = None, **extra_manifest):
         """TeacherArtifacts over the train split: the generated rows (of ``rows``, if given) covered, the rest not.
         ``command``: the command line of this stage, recorded after the generation's in ``commands``."""
-        from dllm2rec.teachers.bigrec.ground import build_artifacts, grounding_manifest, select_grounded
 
         if self.grounded is None:
             raise ConfigError("the bigrec teacher has grounded nothing yet; call fit(dataset, gen_dir) first")
@@ -100,8 +104,6 @@ class BIGRecTeacher(Teacher):
 
     def evaluate(self, dataset, split: str = "test", ks=(1, 5, 10, 20), gen_dir: str | Path | None = None) -> dict:
         """Teacher vs popularity HR/NDCG@K on the rows of ``gen_dir`` (a generation of ``split``) and its speed."""
-        from dllm2rec.teachers.bigrec.evaluate import evaluate_generation
-        from dllm2rec.teachers.bigrec.generate import load_plan
 
         if gen_dir is None:
             raise ConfigError(f"bigrec teacher: evaluating needs gen_dir, a generation of the '{split}' split "
