@@ -47,7 +47,7 @@ from dllm2rec.serving.ann import chosen_index
 from dllm2rec.serving.onnx_export import export_onnx, onnx_parity
 from dllm2rec.students.base import SequentialStudent, build_student
 from dllm2rec.students.checkpoint import load_student
-from dllm2rec.utils.io import atomic_dir
+from dllm2rec.utils.io import atomic_dir, read_json, try_read_json
 from dllm2rec.utils.untrusted import check_onnx
 
 BUNDLE_FORMAT = "dllm2rec-bundle"
@@ -115,12 +115,7 @@ def resolve_checkpoint(source: str | Path, which: str = "best") -> tuple[Path, P
 
 
 def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ArtifactError(f"{path}: missing") from None
-    except json.JSONDecodeError as e:
-        raise ArtifactError(f"{path}: malformed JSON ({e.msg} at line {e.lineno})") from None
+    return read_json(path, ArtifactError)
 
 
 def _jsonable(x: Any) -> Any:
@@ -177,10 +172,7 @@ def export_bundle(source: str | Path, dataset: str | Path | Any, out: str | Path
 
     results = None
     if run_dir is not None and (run_dir / "results.json").is_file():
-        try:
-            results = json.loads((run_dir / "results.json").read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
-            results = None
+        results = try_read_json(run_dir / "results.json")
 
     kwargs = model.init_kwargs()
     manifest: dict[str, Any] = {

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from dllm2rec.errors import ConfigError
 from dllm2rec.evaluation.metrics import metrics_from_ranks
 from dllm2rec.teachers.llmemb_model import LLMEmbConfig, LLMEmbSeqModel, _eval_ranks
-from dllm2rec.utils.io import atomic_dir, atomic_write_text
+from dllm2rec.utils.io import atomic_dir, atomic_write_text, read_json
 from dllm2rec.utils.progress import progress
 
 CKPT_FORMAT = "dllm2rec-llmemb-checkpoint"
@@ -155,9 +155,9 @@ def load_checkpoint(ckpt_dir: Path, key: str, model, opt, rng, gen) -> tuple[dic
     ckpt_dir = Path(ckpt_dir)
     where = ckpt_dir / (ckpt_dir / LATEST).read_text(encoding="utf-8").strip()
     try:
-        meta = json.loads((where / "state.json").read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise ConfigError(f"{where}: unreadable checkpoint ({e}); delete {ckpt_dir} to start over") from None
+        meta = read_json(where / "state.json", ValueError)
+    except ValueError as e:
+        raise ConfigError(f"unreadable checkpoint: {e}; delete {ckpt_dir} to start over") from None
     if meta.get("format") != CKPT_FORMAT or meta.get("version") != CKPT_VERSION:
         raise ConfigError(f"{where}: not an llm-emb checkpoint of version {CKPT_VERSION}; delete it to start over")
     if meta.get("key") != key:

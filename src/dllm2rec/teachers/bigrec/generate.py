@@ -34,7 +34,7 @@ import numpy as np
 from dllm2rec.errors import ConfigError, Dllm2recError, MissingDependencyError
 from dllm2rec.teachers.bigrec.beam import beam_search, build_title_trie
 from dllm2rec.teachers.bigrec.prompts import row_prompts
-from dllm2rec.utils.io import atomic_write_text
+from dllm2rec.utils.io import atomic_write_text, read_json
 from dllm2rec.utils.progress import progress
 
 PLAN = "plan.json"
@@ -229,8 +229,7 @@ def load_plan(out: Path) -> Plan:
     p = Path(out) / PLAN
     if not p.is_file():
         raise Dllm2recError(f"{p}: missing (not a generation directory; run `dllm2rec teacher generate`)")
-    d = json.loads(p.read_text(encoding="utf-8"))
-    return Plan(**d)
+    return Plan(**read_json(p))
 
 
 def write_or_check_plan(out: Path, plan: Plan) -> Plan:
@@ -257,7 +256,7 @@ def read_shards(out: Path) -> tuple[Plan, list[dict]]:
     for i in range(plan.n_shards):
         sp = shard_path(out, i)
         if sp.is_file():
-            shards.append(json.loads(sp.read_text(encoding="utf-8")))
+            shards.append(read_json(sp))
     return plan, shards
 
 

@@ -29,7 +29,6 @@ machines have no GPU); ``tests/integration/test_ray_engine.py`` covers the CPU p
 """
 from __future__ import annotations
 
-import json
 import logging
 import time
 import uuid
@@ -49,6 +48,7 @@ from dllm2rec.teachers.bigrec.generate import (
     shard_path,
     write_shard,
 )
+from dllm2rec.utils.io import try_read_json
 from dllm2rec.utils.progress import progress
 
 # per Ray worker process: run token -> [dataset, backend factory, backend or None]. One run at a time: a worker
@@ -79,8 +79,8 @@ def _worker_state(token: str, payload: list) -> list:
 def _sees_plan(out: Path, plan: Plan) -> bool:
     """True when this process sees the driver's plan in ``out`` (same machine or a shared filesystem)."""
     try:
-        return Plan(**json.loads((out / PLAN).read_text(encoding="utf-8"))).key() == plan.key()
-    except (OSError, ValueError, TypeError):
+        return Plan(**try_read_json(out / PLAN)).key() == plan.key()
+    except (ValueError, TypeError):
         return False
 
 
