@@ -239,3 +239,12 @@ def attach_embedding_distillation(model, item_emb, weight: float = 0.3, side: st
             with torch.no_grad():
                 model.out.weight.zero_()
             model.out.weight.requires_grad_(False)
+
+
+def attach_from_params(model, item_emb, p: dict[str, Any]) -> None:
+    """Install the hooks an :class:`EmbeddingParams` setting asks for (nothing when ``use_embedding`` is off, or when
+    w = 0 with the offset kept, which would be the plain student)."""
+    if p["use_embedding"] and (p["ed_weight"] != 0 or not p["offset"]):
+        attach_embedding_distillation(model, item_emb, weight=float(p["ed_weight"]), side=p["ed_side"],
+                                      projector=p["projector"], mlp_hidden=int(p["mlp_hidden"]),
+                                      offset=bool(p["offset"]), precision=p["ed_precision"])

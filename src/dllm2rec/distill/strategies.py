@@ -26,7 +26,7 @@ from pydantic import Field
 from dllm2rec.distill import ranking, weights
 from dllm2rec.distill.base import StepContext, Strategy
 from dllm2rec.distill.baselines import TeacherRows
-from dllm2rec.distill.embedding import EmbeddingParams, attach_embedding_distillation
+from dllm2rec.distill.embedding import EmbeddingParams, attach_from_params
 from dllm2rec.errors import ConfigError
 from dllm2rec.losses import dros_propensity
 from dllm2rec.registry import register_strategy
@@ -124,12 +124,7 @@ class DLLM2RecStrategy(Strategy):
             self._build_ps()
 
     def attach(self, model) -> None:
-        p = self.p
-        if p["use_embedding"] and (p["ed_weight"] != 0 or not p["offset"]):
-            attach_embedding_distillation(model, self.teacher.item_emb, weight=float(p["ed_weight"]),
-                                          side=p["ed_side"], projector=p["projector"],
-                                          mlp_hidden=int(p["mlp_hidden"]), offset=bool(p["offset"]),
-                                          precision=p["ed_precision"])
+        attach_from_params(model, self.teacher.item_emb, self.p)
 
     # ------------------------------------------------------------------ per step
     def importance_weights(self, ctx: StepContext, cand, dist) -> torch.Tensor:
