@@ -210,3 +210,31 @@ def test_cli_module_fit_evaluate_artifacts(tiny, tmp_path):
     with pytest.raises(ConfigError, match="field 'labels'"):
         CliRunner().invoke(app, [str(a) for a in ["fit-reranker", *common, "--out", tmp_path / "bad", "--model",
                                                   path, "--m", 30]], catch_exceptions=False)
+
+
+def test_cli_device_and_dtype_reach_the_model(tiny, tmp_path):
+    """--device/--dtype (the GPU run's switches, benchmarks/gpu_reranker.sh) reach the LLM; a bad dtype is one line."""
+    import typer
+    from typer.testing import CliRunner
+
+    from dllm2rec.cli.teacher_reranker import register
+    from dllm2rec.errors import Dllm2recError
+    from dllm2rec.students.base import build_student
+    from dllm2rec.students.checkpoint import save_student
+
+    ds, path = tiny
+    ds.save(tmp_path / "ds")
+    save_student(build_student("sasrec", ds.n_items, max_len=ds.max_len, dim=16), tmp_path / "student")
+    app = typer.Typer()
+    register(app)
+    common = [tmp_path / "ds", "--retriever", tmp_path / "student", "--model", path, "--m", 4, "--steps", 1,
+              "--budget-rows", 2, "--batch-size", 2, "--warmup-steps", 0, "--item-emb", "random"]
+    res = CliRunner().invoke(app, [str(a) for a in ["fit-reranker", *common, "--out", tmp_path / "fit",
+                                                    "--device", "cpu", "--dtype", "bfloat16"]],
+                             catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    info = json.loads((tmp_path / "fit" / "adapter" / "reranker.json").read_text())
+    assert info["config"]["dtype"] == "bfloat16" and info["config"]["device"] == "cpu"
+    with pytest.raises(Dllm2recError, match="unknown dtype 'int8'"):
+        CliRunner().invoke(app, [str(a) for a in ["fit-reranker", *common, "--out", tmp_path / "bad",
+                                                  "--dtype", "int8"]], catch_exceptions=False)

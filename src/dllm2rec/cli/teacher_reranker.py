@@ -79,6 +79,9 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(0),
         item_emb: str = typer.Option("llm", "--item-emb", help="Artifact item embeddings: llm | minilm | random."),
         resume: bool = typer.Option(False, "--resume", help="Continue from OUT/last (same options)."),
+        device: str = typer.Option("cpu", help="torch device of the LLM (cpu, cuda, cuda:N); the retriever stays "
+                                               "on CPU."),
+        dtype: str = typer.Option("float32", help="LLM weights: float32 | bfloat16 | float16 (GPU)."),
         threads: int = typer.Option(1, help="torch threads."),
     ) -> None:
         """Train the LLM reranker's LoRA (cross-entropy over the M label logits)."""
@@ -94,7 +97,8 @@ def register(app: typer.Typer) -> None:
                                              batch_size=batch_size, budget_rows=budget_rows, lr=lr, lora_r=lora_r,
                                              lora_alpha=lora_alpha, warmup_steps=warmup_steps,
                                              lora_layers=lora_layers, max_title_chars=max_title_chars,
-                                             max_history=max_history, seed=seed, item_emb=item_emb))
+                                             max_history=max_history, seed=seed, item_emb=item_emb,
+                                             device=device, dtype=dtype))
         t.retriever = ret
         t.fit(ds, out=out, resume=resume, log=lambda s: typer.echo(s, err=True))
         info = {k: v for k, v in t.fit_info.items() if k != "losses"}
@@ -117,6 +121,9 @@ def register(app: typer.Typer) -> None:
                                         help="Candidates per request (default: as trained; labels beyond the "
                                              "trained M were never a training target)."),
         json_out: Optional[Path] = typer.Option(None, "--json-out", help="Write the full result (with ranks)."),
+        device: str = typer.Option("cpu", help="torch device of the LLM (cpu, cuda, cuda:N); the retriever stays "
+                                               "on CPU."),
+        dtype: str = typer.Option("float32", help="LLM weights: float32 | bfloat16 | float16 (GPU)."),
         threads: int = typer.Option(1, help="torch threads."),
     ) -> None:
         """Reranker vs its retriever vs popularity on the SAME sampled rows, HR/NDCG@10/20 with 95 % CIs."""
@@ -133,7 +140,8 @@ def register(app: typer.Typer) -> None:
         torch.set_num_threads(threads)
         ds = SeqDataset.load(dataset)
         ret, _ = _retriever(retriever)
-        over = {"eval_batch": eval_batch, "retriever": str(retriever), **({"top_n": m} if m else {})}
+        over = {"eval_batch": eval_batch, "retriever": str(retriever), "device": device, "dtype": dtype,
+                **({"top_n": m} if m else {})}
         t = RerankerTeacher.load(reranker, ds, retriever=ret, config=over)
         n = len(ds[split])
         pos = select_rows(n, budget=rows or None, select="random", seed=seed)
@@ -183,6 +191,9 @@ def register(app: typer.Typer) -> None:
         eval_batch: int = typer.Option(4, "--eval-batch"),
         item_emb: Optional[str] = typer.Option(None, "--item-emb", help="Artifact item embeddings: llm | minilm | "
                                                                         "random (default: as fitted)."),
+        device: str = typer.Option("cpu", help="torch device of the LLM (cpu, cuda, cuda:N); the retriever stays "
+                                               "on CPU."),
+        dtype: str = typer.Option("float32", help="LLM weights: float32 | bfloat16 | float16 (GPU)."),
         threads: int = typer.Option(1, help="torch threads."),
     ) -> None:
         """Score training rows in resumable shards, then write the reranker's TeacherArtifacts."""
@@ -195,7 +206,8 @@ def register(app: typer.Typer) -> None:
         torch.set_num_threads(threads)
         ds = SeqDataset.load(dataset)
         ret, _ = _retriever(retriever)
-        over = {"eval_batch": eval_batch, "retriever": str(retriever), **({"item_emb": item_emb} if item_emb else {})}
+        over = {"eval_batch": eval_batch, "retriever": str(retriever), "device": device, "dtype": dtype,
+                **({"item_emb": item_emb} if item_emb else {})}
         t = RerankerTeacher.load(reranker, ds, retriever=ret, config=over)
         pos = select_rows(len(ds["train"]), budget=budget, select=select, seed=seed)
         t0 = time.perf_counter()
