@@ -110,6 +110,20 @@ def test_history_mask_keeps_target():
     assert m.tolist() == [[False, True, False, False, False], [False, False, False, True, False]]
 
 
+def test_score_rows_finite_when_top_n_exceeds_the_non_history_items():
+    """A tiny catalogue: top_n = N with the history masked lists history items last, at a finite distance (the
+    artifacts refuse inf), never before a non-history item."""
+    from dllm2rec.data.schema import Split
+
+    model = LLMEmbSeqModel(np.random.default_rng(0).standard_normal((6, 8)), max_len=4, dim=8, n_layers=1,
+                           n_heads=2).eval()
+    seq = np.array([[0, 1, 2, 6], [3, 6, 6, 6]])  # PAD = 6
+    split = Split(seq=seq, len=np.array([3, 1]), target=np.array([4, 5]), row_id=np.arange(2), user=np.arange(2))
+    ids, dist, _, _ = score_rows(model, split, mask=True, top_n=6)
+    assert np.isfinite(dist).all() and (np.diff(dist, axis=1) >= 0).all()
+    assert set(ids[0, 3:]) == {0, 1, 2} and set(ids[1, 5:]) == {3}  # the history items come last
+
+
 def test_model_handles_empty_history():
     model = LLMEmbSeqModel(np.random.default_rng(0).standard_normal((7, 8)), max_len=4, dim=8, n_layers=1,
                            n_heads=2).eval()

@@ -191,8 +191,15 @@ def score_rows(model: LLMEmbSeqModel, split, rows: np.ndarray | None = None, mas
         lse_t = torch.where(tin, torch.logaddexp(lse, t), lse)
         ranks.append((sc_rank >= t).sum(1) - 1 + tin.view(-1).long())
         v, i = sc_rank.topk(min(top_n, n), dim=1)
+        d = (lse - v).clamp(min=0)
+        dead = torch.isinf(d)
+        if bool(dead.any()):  # fewer non-history items than top_n (tiny catalogues): the list's tail is masked
+            # history items with probability 0; the artifacts' contract is finite distances, so they get the row's
+            # worst finite one (they rank last either way) instead of +inf
+            worst = torch.where(dead, torch.zeros_like(d), d).amax(1, keepdim=True)
+            d = torch.where(dead, worst, d)
         ids.append(i.numpy())
-        dists.append((lse - v).clamp(min=0).numpy())
+        dists.append(d.numpy())
         tds.append((lse_t - t).view(-1).clamp(min=0).numpy())
     cat = np.concatenate
     return (cat(ids).astype(np.int64), cat(dists).astype(np.float32), cat(tds).astype(np.float32),
