@@ -27,6 +27,26 @@ def _retriever(path: Path, exclude_history: bool = True):
     return ModelRetriever(model, exclude_history, name=str(path)), info
 
 
+# the LLM's placement, shared by the three commands (the retriever always runs on CPU)
+DEVICE_OPT = typer.Option("cpu", help="torch device of the LLM (cpu, cuda, cuda:N); the retriever stays on CPU.")
+DTYPE_OPT = typer.Option("float32", help="LLM weights: float32 | bfloat16 | float16 (GPU).")
+
+
+def _load_fitted(dataset: Path, reranker: Path, retriever: Path, threads: int, **over):
+    """(dataset, retriever, fitted RerankerTeacher) for evaluate-reranker / rerank-artifacts; ``over``: config
+    fields that do not change the model (eval_batch, device, dtype, top_n, item_emb); None values are left out."""
+    import torch
+
+    from dllm2rec.data.schema import SeqDataset
+    from dllm2rec.teachers.reranker import RerankerTeacher
+
+    torch.set_num_threads(threads)
+    ds = SeqDataset.load(dataset)
+    ret, _ = _retriever(retriever)
+    cfg = {"retriever": str(retriever), **{k: v for k, v in over.items() if v is not None}}
+    return ds, ret, RerankerTeacher.load(reranker, ds, retriever=ret, config=cfg)
+
+
 def _ci(values) -> dict:
     from dllm2rec.evaluation.stats import Stat
 
@@ -79,9 +99,8 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(0),
         item_emb: str = typer.Option("llm", "--item-emb", help="Artifact item embeddings: llm | minilm | random."),
         resume: bool = typer.Option(False, "--resume", help="Continue from OUT/last (same options)."),
-        device: str = typer.Option("cpu", help="torch device of the LLM (cpu, cuda, cuda:N); the retriever stays "
-                                               "on CPU."),
-        dtype: str = typer.Option("float32", help="LLM weights: float32 | bfloat16 | float16 (GPU)."),
+        device: str = DEVICE_OPT,
+        dtype: str = DTYPE_OPT,
         threads: int = typer.Option(1, help="torch threads."),
     ) -> None:
         """Train the LLM reranker's LoRA (cross-entropy over the M label logits)."""
@@ -121,28 +140,22 @@ def register(app: typer.Typer) -> None:
                                         help="Candidates per request (default: as trained; labels beyond the "
                                              "trained M were never a training target)."),
         json_out: Optional[Path] = typer.Option(None, "--json-out", help="Write the full result (with ranks)."),
-        device: str = typer.Option("cpu", help="torch device of the LLM (cpu, cuda, cuda:N); the retriever stays "
-                                               "on CPU."),
-        dtype: str = typer.Option("float32", help="LLM weights: float32 | bfloat16 | float16 (GPU)."),
+        device: str = DEVICE_OPT,
+        dtype: str = DTYPE_OPT,
         threads: int = typer.Option(1, help="torch threads."),
     ) -> None:
         """Reranker vs its retriever vs popularity on the SAME sampled rows, HR/NDCG@10/20 with 95 % CIs."""
         import numpy as np
         import torch
 
-        from dllm2rec.data.schema import SeqDataset
         from dllm2rec.evaluation.baselines import popularity_scorer
         from dllm2rec.evaluation.protocol import top_k
         from dllm2rec.teachers.bigrec.generate import select_rows
-        from dllm2rec.teachers.reranker import ModelRetriever, RerankerTeacher
+        from dllm2rec.teachers.reranker import ModelRetriever
         from dllm2rec.utils.cpu import describe
 
-        torch.set_num_threads(threads)
-        ds = SeqDataset.load(dataset)
-        ret, _ = _retriever(retriever)
-        over = {"eval_batch": eval_batch, "retriever": str(retriever), "device": device, "dtype": dtype,
-                **({"top_n": m} if m else {})}
-        t = RerankerTeacher.load(reranker, ds, retriever=ret, config=over)
+        ds, ret, t = _load_fitted(dataset, reranker, retriever, threads, eval_batch=eval_batch, device=device,
+                                  dtype=dtype, top_n=m or None)
         n = len(ds[split])
         pos = select_rows(n, budget=rows or None, select="random", seed=seed)
         ev = t.compare(ds, split, ks=(1, 5, 10, 20), rows=pos)
@@ -191,24 +204,15 @@ def register(app: typer.Typer) -> None:
         eval_batch: int = typer.Option(4, "--eval-batch"),
         item_emb: Optional[str] = typer.Option(None, "--item-emb", help="Artifact item embeddings: llm | minilm | "
                                                                         "random (default: as fitted)."),
-        device: str = typer.Option("cpu", help="torch device of the LLM (cpu, cuda, cuda:N); the retriever stays "
-                                               "on CPU."),
-        dtype: str = typer.Option("float32", help="LLM weights: float32 | bfloat16 | float16 (GPU)."),
+        device: str = DEVICE_OPT,
+        dtype: str = DTYPE_OPT,
         threads: int = typer.Option(1, help="torch threads."),
     ) -> None:
         """Score training rows in resumable shards, then write the reranker's TeacherArtifacts."""
-        import torch
-
-        from dllm2rec.data.schema import SeqDataset
         from dllm2rec.teachers.bigrec.generate import select_rows
-        from dllm2rec.teachers.reranker import RerankerTeacher
 
-        torch.set_num_threads(threads)
-        ds = SeqDataset.load(dataset)
-        ret, _ = _retriever(retriever)
-        over = {"eval_batch": eval_batch, "retriever": str(retriever), "device": device, "dtype": dtype,
-                **({"item_emb": item_emb} if item_emb else {})}
-        t = RerankerTeacher.load(reranker, ds, retriever=ret, config=over)
+        ds, _, t = _load_fitted(dataset, reranker, retriever, threads, eval_batch=eval_batch, device=device,
+                                dtype=dtype, item_emb=item_emb or None)
         pos = select_rows(len(ds["train"]), budget=budget, select=select, seed=seed)
         t0 = time.perf_counter()
         res = t.score_shards(ds, work, pos, shard_size, worker_id, num_workers, max_shards)
