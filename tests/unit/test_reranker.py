@@ -173,21 +173,30 @@ def test_artifacts_validate_and_resume_after_a_kill(tiny, tmp_path):
     assert json.loads((wd / "plan.json").read_text())["decoding"]["reranker"] == "label-logits"
 
 
-def test_cli_module_fit_evaluate_artifacts(tiny, tmp_path):
-    """The module's typer app on its own (its registration in cli/teacher.py is one line, added separately)."""
+def _cli_setup(tiny, tmp_path):
+    """(dataset, tiny model path, the reranker module's own typer app) with the dataset and a retriever saved under
+    tmp_path/ds and tmp_path/student."""
     import typer
-    from typer.testing import CliRunner
 
     from dllm2rec.cli.teacher_reranker import register
     from dllm2rec.students.base import build_student
     from dllm2rec.students.checkpoint import save_student
-    from dllm2rec.teachers.artifacts import TeacherArtifacts
 
     ds, path = tiny
     ds.save(tmp_path / "ds")
     save_student(build_student("sasrec", ds.n_items, max_len=ds.max_len, dim=16), tmp_path / "student")
     app = typer.Typer()
     register(app)
+    return ds, path, app
+
+
+def test_cli_module_fit_evaluate_artifacts(tiny, tmp_path):
+    """The module's typer app on its own (its registration in cli/teacher.py is one line, added separately)."""
+    from typer.testing import CliRunner
+
+    from dllm2rec.teachers.artifacts import TeacherArtifacts
+
+    ds, path, app = _cli_setup(tiny, tmp_path)
 
     def cli(*args):
         res = CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
@@ -214,19 +223,11 @@ def test_cli_module_fit_evaluate_artifacts(tiny, tmp_path):
 
 def test_cli_device_and_dtype_reach_the_model(tiny, tmp_path):
     """--device/--dtype (the GPU run's switches, benchmarks/gpu_reranker.sh) reach the LLM; a bad dtype is one line."""
-    import typer
     from typer.testing import CliRunner
 
-    from dllm2rec.cli.teacher_reranker import register
     from dllm2rec.errors import Dllm2recError
-    from dllm2rec.students.base import build_student
-    from dllm2rec.students.checkpoint import save_student
 
-    ds, path = tiny
-    ds.save(tmp_path / "ds")
-    save_student(build_student("sasrec", ds.n_items, max_len=ds.max_len, dim=16), tmp_path / "student")
-    app = typer.Typer()
-    register(app)
+    _, path, app = _cli_setup(tiny, tmp_path)
     common = [tmp_path / "ds", "--retriever", tmp_path / "student", "--model", path, "--m", 4, "--steps", 1,
               "--budget-rows", 2, "--batch-size", 2, "--warmup-steps", 0, "--item-emb", "random"]
     res = CliRunner().invoke(app, [str(a) for a in ["fit-reranker", *common, "--out", tmp_path / "fit",

@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from dllm2rec.distill import weights
 from dllm2rec.errors import ConfigError
 from dllm2rec.losses import dros_lse
 from dllm2rec.registry import register_strategy
@@ -79,7 +80,7 @@ class StepContext:
         time, as before); under ``optim.sparse`` they are streamed over item chunks without grad, so no [B, N]
         matrix (1 GiB at 1M items, batch 256) exists when nothing else asked for it."""
         if self._full is not None or not getattr(self.model, "sparse_grads", False):
-            return self.full_scores.detach().topk(K, dim=1).indices
+            return weights.student_topk(self.full_scores, K)
         return self.model.topk_from_state(self.state, K)
 
     def dros(self, ps: torch.Tensor, beta: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -13,7 +13,7 @@
 """
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import torch
@@ -75,9 +75,6 @@ class RDParams(StrategyParams):
     warmup_epochs: int = Field(1, ge=0, description="hybrid: epochs with the position weight alone")
 
 
-RD_DEFAULTS: dict[str, Any] = RDParams().model_dump()
-
-
 def rd_dynamic_weights(full_scores: torch.Tensor, cand: torch.Tensor, mu: float) -> torch.Tensor:
     """[B, K] tanh(max(μ·(r̂ − r), 0)); r̂ = 1 + number of items the student scores above the candidate."""
     with torch.no_grad():
@@ -126,9 +123,6 @@ class HintParams(StrategyParams):
                                                      "teacher: g(z_i) ≈ b_i")
     standardise_teacher: bool = Field(True, description="z-score the teacher embeddings per dimension once (raw "
                                       "LLM states are large)")
-
-
-HINT_DEFAULTS: dict[str, Any] = HintParams().model_dump()
 
 
 @register_strategy("hint")

@@ -52,9 +52,6 @@ class GateParams(StrategyParams):
                               "(standardised) coefficients")
 
 
-GATE_DEFAULTS = GateParams().model_dump()
-
-
 class GatedParams(DLLM2RecParams, GateParams):
     gate: Gate = Field("target", description="none | target | logistic (module doc)")
 FEATURES = ("top1_logit", "margin", "entropy", "log_hist_len", "log_top1_pop")

@@ -48,9 +48,6 @@ class ListwiseParams(gating.GateParams, EmbeddingParams):
     # + the per-row gate (gating.GateParams) and collaborative embedding distillation (embedding.EmbeddingParams)
 
 
-LISTWISE_DEFAULTS = ListwiseParams().model_dump()
-
-
 def teacher_logits(dist: torch.Tensor, norm: str = "raw") -> torch.Tensor:
     """[B, K] teacher logits −d (after the per-row rescaling ``norm``)."""
     if norm not in DIST_NORMS:

@@ -41,9 +41,6 @@ class ScoreParams(DLLM2RecParams):
     mass_max: float = Field(3.0, gt=0.0, allow_inf_nan=False, description="clip of that scale")
 
 
-SCORE_DEFAULTS = {k: v for k, v in ScoreParams().model_dump().items() if k not in DLLM2RecParams.model_fields}
-
-
 def score_confidence(dist: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """[B, K] softmax(−d/T) over the candidates."""
     if temperature <= 0:

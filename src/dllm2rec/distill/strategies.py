@@ -18,7 +18,7 @@ The random-teacher control is a *teacher*, not a strategy: ``distill.teacher: ra
 """
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from pydantic import Field
@@ -66,8 +66,6 @@ class DLLM2RecParams(EmbeddingParams):
     dros_beta: float = Field(1.0, allow_inf_nan=False)
     dros_power: float = Field(0.05, allow_inf_nan=False)
 
-
-DLLM2REC_DEFAULTS: dict[str, Any] = DLLM2RecParams().model_dump()
 
 #: The ONE ablation table: each switch of DLLM2RecParams that the paper ablates -> the label suffix of the run with
 #: it off. The experiment runner's dllm2rec-wo-* methods and the report's labels are both derived from it.
